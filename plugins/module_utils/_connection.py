@@ -1,0 +1,98 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The libvirt connection of a module: the uri option, missing libraries, errors as messages."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional
+
+try:
+    import libvirt
+    HAS_LIBVIRT = True
+    LIBVIRT_IMPORT_ERROR = None
+except ImportError as _exc:
+    libvirt = None
+    HAS_LIBVIRT = False
+    LIBVIRT_IMPORT_ERROR = _exc
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import HAS_LXML, LXML_IMPORT_ERROR
+
+DEFAULT_URI = "qemu:///system"
+
+
+class LibvirtCallError(CPUError):
+    """A libvirt call failed; the message says which call and libvirt's reason."""
+
+
+def connection_argument_spec() -> Dict[str, Any]:
+    return {"uri": {"type": "str"}}
+
+
+def resolve_uri(uri: Optional[str]) -> str:
+    """The uri option, else LIBVIRT_DEFAULT_URI, else qemu:///system."""
+    return uri or os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
+
+
+def require_libraries(module, need_libvirt: bool = True) -> None:
+    """Fail the module with missing_required_lib when libvirt-python or lxml is absent."""
+    if need_libvirt and not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"),
+                         exception=str(LIBVIRT_IMPORT_ERROR))
+    if not HAS_LXML:
+        module.fail_json(msg=missing_required_lib("lxml (python3-lxml)"), exception=str(LXML_IMPORT_ERROR))
+
+
+def _silence_libvirt_stderr() -> None:
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def libvirt_message(exc: Exception) -> str:
+    """One line with libvirt's own reason, without the 'libvirt:' prefixes."""
+    if libvirt is not None and isinstance(exc, libvirt.libvirtError):
+        text = exc.get_error_message() or str(exc)
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
+def call(what: str, function: Callable[..., Any], *args: Any) -> Any:
+    """Run a libvirt call; a failure becomes LibvirtCallError naming *what* was attempted."""
+    try:
+        return function(*args)
+    except libvirt.libvirtError as exc:
+        raise LibvirtCallError("%s failed: %s" % (what, libvirt_message(exc))) from None
+
+
+def open_connection(uri: Optional[str], readonly: bool = False):
+    """Open a connection or raise LibvirtCallError with the uri and the fix."""
+    _silence_libvirt_stderr()
+    target = resolve_uri(uri)
+    opener = libvirt.openReadOnly if readonly else libvirt.open
+    try:
+        conn = opener(target)
+    except libvirt.libvirtError as exc:
+        raise LibvirtCallError(
+            "cannot connect to libvirt at '%s': %s. Check that libvirtd (or virtqemud) runs on the host "
+            "and that the uri is right (option 'uri' or LIBVIRT_DEFAULT_URI)" % (target, libvirt_message(exc))
+        ) from None
+    if conn is None:
+        raise LibvirtCallError("cannot connect to libvirt at '%s'" % target)
+    return conn
+
+
+@contextmanager
+def connection(uri: Optional[str], readonly: bool = False) -> Iterator[Any]:
+    """A connection that is closed whatever happens inside the block."""
+    conn = open_connection(uri, readonly)
+    try:
+        yield conn
+    finally:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass

@@ -1,0 +1,483 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The CPU dict of design.md and libvirt's ``<cpu>`` element, one to one.
+
+``cpu_from_xml`` reads what libvirt prints, ``cpu_to_xml`` prints what libvirt would print
+(attribute and child order, single quotes), ``validate_cpu`` refuses what libvirt refuses,
+``normalize_cpu`` fills in the defaults libvirt stores on define, so two CPUs compare equal
+exactly when libvirt would store the same definition.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
+
+CPUDict = Dict[str, Any]
+
+MODES = ("custom", "host-model", "host-passthrough", "maximum")
+MATCHES = ("exact", "minimum", "strict")
+CHECKS = ("none", "partial", "full")
+FALLBACKS = ("allow", "forbid")
+POLICIES = ("force", "require", "optional", "disable", "forbid")
+CACHE_MODES = ("emulate", "passthrough", "disable")
+MAXPHYSADDR_MODES = ("emulate", "passthrough")
+TOPOLOGY_KEYS = ("sockets", "dies", "clusters", "cores", "threads")
+REQUIRED_TOPOLOGY_KEYS = ("sockets", "cores", "threads")
+MIGRATABLE_MODES = ("host-passthrough", "maximum")
+MODEL_NAME_MODES = ("custom",)
+FALLBACK_MODES = ("custom", "host-model")
+KEY_ORDER = ("mode", "match", "check", "migratable", "model", "vendor", "topology", "cache",
+             "maxphysaddr", "features")
+# libvirt's default model for a custom CPU that names none (x86 pc and q35 machines).
+DEFAULT_X86_MODEL = "qemu64"
+# clusters='N' exists from libvirt 10.1.0; older versions ignore the attribute.
+CLUSTERS_SINCE = (10, 1, 0)
+
+
+class CPUDefinitionError(CPUError):
+    """A CPU definition that libvirt would refuse."""
+
+
+# ---------------------------------------------------------------------------------------------
+# XML -> dict
+
+
+def _int_attr(element, name: str, where: str) -> Optional[int]:
+    value = element.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise CPUDefinitionError("<%s %s='%s'> is not a whole number" % (where, name, value)) from None
+
+
+def _read_model(cpu_el) -> Optional[Dict[str, Any]]:
+    model_el = cpu_el.find("model")
+    if model_el is None:
+        return None
+    model: Dict[str, Any] = {}
+    name = (model_el.text or "").strip()
+    if name:
+        model["name"] = name
+    for attr in ("fallback", "vendor_id"):
+        if model_el.get(attr) is not None:
+            model[attr] = model_el.get(attr)
+    return model or None
+
+
+def _read_topology(cpu_el) -> Optional[Dict[str, int]]:
+    topo_el = cpu_el.find("topology")
+    if topo_el is None:
+        return None
+    return {key: _int_attr(topo_el, key, "topology") for key in TOPOLOGY_KEYS if topo_el.get(key) is not None}
+
+
+def _read_cache(cpu_el) -> Optional[Dict[str, Any]]:
+    cache_el = cpu_el.find("cache")
+    if cache_el is None:
+        return None
+    cache: Dict[str, Any] = {}
+    if cache_el.get("mode") is not None:
+        cache["mode"] = cache_el.get("mode")
+    if cache_el.get("level") is not None:
+        cache["level"] = _int_attr(cache_el, "level", "cache")
+    return cache
+
+
+def _read_maxphysaddr(cpu_el) -> Optional[Dict[str, Any]]:
+    el = cpu_el.find("maxphysaddr")
+    if el is None:
+        return None
+    result: Dict[str, Any] = {}
+    if el.get("mode") is not None:
+        result["mode"] = el.get("mode")
+    for key in ("bits", "limit"):
+        if el.get(key) is not None:
+            result[key] = _int_attr(el, key, "maxphysaddr")
+    return result
+
+
+def _read_features(cpu_el) -> Optional[List[Dict[str, str]]]:
+    features = []
+    for feature_el in cpu_el.findall("feature"):
+        feature = {"name": feature_el.get("name")}
+        if feature_el.get("policy") is not None:
+            feature["policy"] = feature_el.get("policy")
+        features.append(feature)
+    return features or None
+
+
+def _read_migratable(cpu_el) -> Optional[bool]:
+    value = cpu_el.get("migratable")
+    if value is None:
+        return None
+    if value not in ("on", "off"):
+        raise CPUDefinitionError("migratable='%s' is invalid: use 'on' or 'off'" % value)
+    return value == "on"
+
+
+def cpu_from_element(cpu_el) -> CPUDict:
+    """Read a ``<cpu>`` element (guest, host-model or host CPU) into the CPU dict."""
+    if cpu_el.tag not in ("cpu", "mode"):
+        raise CPUDefinitionError("expected a <cpu> element, got <%s>" % cpu_el.tag)
+    cpu: CPUDict = {}
+    for attr in ("mode", "match", "check"):
+        if cpu_el.get(attr) is not None:
+            cpu[attr] = cpu_el.get(attr)
+    readers = (
+        ("migratable", _read_migratable),
+        ("model", _read_model),
+        ("vendor", lambda el: (el.findtext("vendor") or "").strip() or None),
+        ("topology", _read_topology),
+        ("cache", _read_cache),
+        ("maxphysaddr", _read_maxphysaddr),
+        ("features", _read_features),
+    )
+    for key, reader in readers:
+        value = reader(cpu_el)
+        if value is not None:
+            cpu[key] = value
+    return cpu
+
+
+def cpu_from_xml(text: Union[str, bytes]) -> CPUDict:
+    """Read ``<cpu>`` XML text, or a document whose first ``<cpu>`` is the guest CPU."""
+    root = parse_xml(text, "CPU XML")
+    if root.tag == "domain":
+        cpu_el = root.find("cpu")
+        if cpu_el is None:
+            return {}
+        return cpu_from_element(cpu_el)
+    if root.tag != "cpu":
+        raise CPUDefinitionError("expected <cpu> XML, got <%s>; pass the <cpu> element or a whole <domain>" % root.tag)
+    return cpu_from_element(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# dict -> XML (libvirt's virCPUDefFormatBuf order and quoting)
+
+
+def _escape(value: Any) -> str:
+    return (str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("'", "&apos;").replace('"', "&quot;"))
+
+
+def _attrs(pairs: Iterable[Tuple[str, Any]]) -> str:
+    return "".join(" %s='%s'" % (name, _escape(value)) for name, value in pairs if value is not None)
+
+
+def _format_model(cpu: CPUDict) -> Optional[str]:
+    model = cpu.get("model") or {}
+    mode = cpu.get("mode", "custom")
+    if mode not in FALLBACK_MODES:
+        return None
+    name = model.get("name") if mode == "custom" else None
+    fallback = model.get("fallback")
+    vendor_id = model.get("vendor_id")
+    if not (name or vendor_id or fallback):
+        return None
+    opening = "<model%s" % _attrs((("fallback", fallback), ("vendor_id", vendor_id)))
+    if name:
+        return "%s>%s</model>" % (opening, _escape(name))
+    return opening + "/>"
+
+
+def _format_children(cpu: CPUDict) -> List[str]:
+    children = []
+    model_line = _format_model(cpu)
+    if model_line:
+        children.append(model_line)
+    if cpu.get("vendor") and cpu.get("mode", "custom") == "custom":
+        children.append("<vendor>%s</vendor>" % _escape(cpu["vendor"]))
+    if cpu.get("topology"):
+        topo = cpu["topology"]
+        children.append("<topology%s/>" % _attrs((key, topo.get(key)) for key in TOPOLOGY_KEYS))
+    if cpu.get("cache"):
+        cache = cpu["cache"]
+        children.append("<cache%s/>" % _attrs((("level", cache.get("level")), ("mode", cache.get("mode")))))
+    if cpu.get("maxphysaddr"):
+        addr = cpu["maxphysaddr"]
+        children.append("<maxphysaddr%s/>" % _attrs((key, addr.get(key)) for key in ("mode", "bits", "limit")))
+    for feature in cpu.get("features") or []:
+        children.append("<feature%s/>" % _attrs((("policy", feature.get("policy")), ("name", feature.get("name")))))
+    return children
+
+
+def cpu_to_xml(cpu: CPUDict, indent: int = 2, level: int = 0, extra_children: Iterable[str] = ()) -> str:
+    """Render the CPU dict as libvirt prints ``<cpu>``; *extra_children* are appended verbatim (numa)."""
+    migratable = cpu.get("migratable")
+    attributes = _attrs((
+        ("mode", cpu.get("mode")),
+        ("match", cpu.get("match")),
+        ("check", cpu.get("check")),
+        ("migratable", None if migratable is None else ("on" if migratable else "off")),
+    ))
+    children = _format_children(cpu) + list(extra_children)
+    pad = " " * (indent * level)
+    if not children:
+        return "%s<cpu%s/>" % (pad, attributes)
+    inner = "\n".join(" " * (indent * (level + 1)) + child for child in children)
+    return "%s<cpu%s>\n%s\n%s</cpu>" % (pad, attributes, inner, pad)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _check_choice(value: Any, choices: Tuple[str, ...], what: str) -> None:
+    if value is not None and value not in choices:
+        raise CPUDefinitionError("%s '%s' is not valid; use one of: %s" % (what, value, ", ".join(choices)))
+
+
+def _check_mapping(cpu: CPUDict, key: str, allowed: Tuple[str, ...]) -> None:
+    value = cpu.get(key)
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise CPUDefinitionError("'%s' must be a mapping with keys %s, got %r" % (key, ", ".join(allowed), value))
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise CPUDefinitionError("'%s' has unknown keys %s; allowed: %s" % (key, ", ".join(unknown), ", ".join(allowed)))
+
+
+def _check_positive_ints(mapping: Dict[str, Any], keys: Iterable[str], where: str, minimum: int = 1) -> None:
+    for key in keys:
+        value = mapping.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise CPUDefinitionError("%s.%s must be a whole number >= %d, got %r" % (where, key, minimum, value))
+
+
+def _validate_model(cpu: CPUDict, mode: str) -> None:
+    model = cpu.get("model") or {}
+    _check_choice(model.get("fallback"), FALLBACKS, "model fallback")
+    if model.get("name") is not None and (not isinstance(model["name"], str) or not model["name"].strip()):
+        raise CPUDefinitionError("model name must be a non-empty string, got %r" % model["name"])
+    if model.get("name") and mode not in MODEL_NAME_MODES:
+        raise CPUDefinitionError("a model name ('%s') is only used with mode custom; libvirt ignores it for %s: "
+                                 "remove the model or use mode: custom" % (model["name"], mode))
+    vendor_id = model.get("vendor_id")
+    if vendor_id is not None and (not isinstance(vendor_id, str) or len(vendor_id) != 12):
+        raise CPUDefinitionError("vendor_id must be exactly 12 characters (e.g. 'AuthenticAMD'), got %r" % vendor_id)
+    if (model.get("fallback") or vendor_id) and mode not in FALLBACK_MODES:
+        raise CPUDefinitionError("model fallback and vendor_id apply to custom and host-model only, not %s" % mode)
+    if cpu.get("vendor") is not None:
+        if mode != "custom" or not model.get("name"):
+            raise CPUDefinitionError("CPU vendor specified without CPU model: 'vendor' needs mode custom and a model name")
+
+
+def _validate_features(cpu: CPUDict, mode: str) -> None:
+    features = cpu.get("features")
+    if features is None:
+        return
+    if not isinstance(features, list):
+        raise CPUDefinitionError("features must be a list of {name, policy}, got %r" % (features,))
+    seen = set()
+    for feature in features:
+        if not isinstance(feature, dict) or not isinstance(feature.get("name"), str) or not feature["name"]:
+            raise CPUDefinitionError("each feature needs a name, got %r" % (feature,))
+        unknown = sorted(set(feature) - {"name", "policy"})
+        if unknown:
+            raise CPUDefinitionError("feature '%s' has unknown keys %s; allowed: name, policy" % (feature["name"], ", ".join(unknown)))
+        _check_choice(feature.get("policy"), POLICIES, "feature '%s' policy" % feature["name"])
+        if feature["name"] in seen:
+            raise CPUDefinitionError("feature '%s' is listed twice; libvirt refuses duplicate features" % feature["name"])
+        seen.add(feature["name"])
+    if features and mode == "custom" and not (cpu.get("model") or {}).get("name"):
+        raise CPUDefinitionError("features in mode custom need a model: name the model the features modify")
+
+
+def validate_cpu(cpu: CPUDict) -> CPUDict:
+    """Refuse what libvirt refuses (and what it silently drops); return the CPU unchanged."""
+    if not isinstance(cpu, dict):
+        raise CPUDefinitionError("a CPU must be a mapping like {mode: host-model}, got %s" % type(cpu).__name__)
+    unknown = sorted(set(cpu) - set(KEY_ORDER))
+    if unknown:
+        raise CPUDefinitionError("unknown CPU keys %s; allowed: %s" % (", ".join(unknown), ", ".join(KEY_ORDER)))
+    mode = cpu.get("mode", "custom")
+    _check_choice(mode, MODES, "mode")
+    _check_choice(cpu.get("match"), MATCHES, "match")
+    _check_choice(cpu.get("check"), CHECKS, "check")
+    if cpu.get("match") is not None and mode != "custom":
+        raise CPUDefinitionError("match applies to mode custom only; libvirt drops it for %s: remove it" % mode)
+    if cpu.get("migratable") is not None:
+        if not isinstance(cpu["migratable"], bool):
+            raise CPUDefinitionError("migratable must be true or false, got %r" % (cpu["migratable"],))
+        if mode not in MIGRATABLE_MODES:
+            raise CPUDefinitionError("migratable is only supported with host-passthrough or maximum, not %s" % mode)
+    _check_mapping(cpu, "model", ("name", "fallback", "vendor_id"))
+    _check_mapping(cpu, "topology", TOPOLOGY_KEYS)
+    _check_mapping(cpu, "cache", ("mode", "level"))
+    _check_mapping(cpu, "maxphysaddr", ("mode", "bits", "limit"))
+    _validate_model(cpu, mode)
+    if cpu.get("vendor") is not None and not isinstance(cpu["vendor"], str):
+        raise CPUDefinitionError("vendor must be a string like 'AMD' or 'Intel', got %r" % (cpu["vendor"],))
+    topology = cpu.get("topology")
+    if topology is not None:
+        missing = [key for key in REQUIRED_TOPOLOGY_KEYS if key not in topology]
+        if missing:
+            raise CPUDefinitionError("topology needs sockets, cores and threads; missing: %s" % ", ".join(missing))
+        _check_positive_ints(topology, TOPOLOGY_KEYS, "topology")
+    cache = cpu.get("cache")
+    if cache is not None:
+        if "mode" not in cache:
+            raise CPUDefinitionError("cache needs a mode: one of %s" % ", ".join(CACHE_MODES))
+        _check_choice(cache.get("mode"), CACHE_MODES, "cache mode")
+        _check_positive_ints(cache, ("level",), "cache")
+        if cache.get("level") is not None and cache["mode"] != "emulate":
+            raise CPUDefinitionError("cache level is only supported with cache mode emulate")
+    addr = cpu.get("maxphysaddr")
+    if addr is not None:
+        if "mode" not in addr:
+            raise CPUDefinitionError("maxphysaddr needs a mode: emulate or passthrough")
+        _check_choice(addr.get("mode"), MAXPHYSADDR_MODES, "maxphysaddr mode")
+        _check_positive_ints(addr, ("bits", "limit"), "maxphysaddr")
+    _validate_features(cpu, mode)
+    return cpu
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisation (what libvirt stores on define; qemuDomainDefCPUPostParse and friends)
+
+
+def ordered(cpu: CPUDict) -> CPUDict:
+    """The same CPU with keys in the canonical order (for stable output and diffs)."""
+    return {key: cpu[key] for key in KEY_ORDER if key in cpu and cpu[key] not in (None, {}, [])}
+
+
+def _default_check(mode: str, virt_type: str, has_model: bool) -> str:
+    if mode in MIGRATABLE_MODES:
+        return "none"
+    if mode == "host-model":
+        return "partial"
+    if not has_model or virt_type == "qemu":
+        return "none"
+    return "partial"
+
+
+def _normalize_topology(topology: Dict[str, int], libvirt_version: Optional[Tuple[int, ...]]) -> Dict[str, int]:
+    result = dict(topology)
+    result.setdefault("dies", 1)
+    knows_clusters = libvirt_version is None or tuple(libvirt_version) >= CLUSTERS_SINCE
+    if knows_clusters:
+        result.setdefault("clusters", 1)
+    else:
+        result.pop("clusters", None)
+    return {key: result[key] for key in TOPOLOGY_KEYS if key in result}
+
+
+def normalize_cpu(cpu: CPUDict, virt_type: str = "kvm",
+                  libvirt_version: Optional[Tuple[int, ...]] = None) -> CPUDict:
+    """Return the CPU as libvirt stores it after define for a domain of *virt_type*."""
+    result = copy.deepcopy(cpu)
+    mode = result.setdefault("mode", "custom")
+    model = dict(result.get("model") or {})
+    if mode != "custom":
+        result.pop("match", None)
+        result.pop("vendor", None)
+        model.pop("name", None)
+    if mode in MIGRATABLE_MODES:
+        model = {}
+        if mode == "host-passthrough":
+            result.setdefault("migratable", True)
+    if mode == "custom":
+        if not model.get("name"):
+            model = {"name": DEFAULT_X86_MODEL, "fallback": "forbid", **{k: v for k, v in model.items() if k == "vendor_id"}}
+        model.setdefault("fallback", "allow")
+        result.setdefault("match", "exact")
+    result["model"] = model
+    result.setdefault("check", _default_check(mode, virt_type, bool((cpu.get("model") or {}).get("name"))))
+    if result.get("topology"):
+        result["topology"] = _normalize_topology(result["topology"], libvirt_version)
+    if result.get("features"):
+        result["features"] = [{"name": f["name"], "policy": f.get("policy") or "require"} for f in result["features"]]
+    return ordered(result)
+
+
+def cpus_equal(first: CPUDict, second: CPUDict, virt_type: str = "kvm",
+               libvirt_version: Optional[Tuple[int, ...]] = None) -> bool:
+    return normalize_cpu(first, virt_type, libvirt_version) == normalize_cpu(second, virt_type, libvirt_version)
+
+
+# ---------------------------------------------------------------------------------------------
+# merging a partial wish onto an existing CPU
+
+
+MODE_INDEPENDENT_KEYS = ("topology", "cache", "maxphysaddr")
+
+
+def feature_policy_map(cpu: CPUDict) -> Dict[str, str]:
+    return {f["name"]: f.get("policy") or "require" for f in cpu.get("features") or []}
+
+
+def merge_features(current: List[Dict[str, str]], wanted: List[Dict[str, str]]) -> List[Dict[str, str]]:
+    """Give the wanted features their policies in place; append the new ones in the given order."""
+    wanted_by_name = {f["name"]: f for f in wanted}
+    merged = [dict(wanted_by_name.pop(f["name"], f)) for f in current]
+    merged.extend(dict(f) for f in wanted if f["name"] in wanted_by_name)
+    return merged
+
+
+def merge_cpu(current: CPUDict, wanted: CPUDict, features_mode: str = "merge") -> CPUDict:
+    """Apply the keys of *wanted* to *current*.
+
+    When the mode changes, only the mode-independent parts (topology, cache, maxphysaddr) are
+    carried over: match, check, model, vendor and features belonged to the old mode.
+    """
+    current_mode = current.get("mode", "custom") if current else None
+    mode = wanted.get("mode", current_mode or "custom")
+    if current and mode == current_mode:
+        result = copy.deepcopy(current)
+    else:
+        result = {key: copy.deepcopy(current[key]) for key in MODE_INDEPENDENT_KEYS if current and key in current}
+    result["mode"] = mode
+    for key, value in wanted.items():
+        if key == "features":
+            continue
+        if key == "model" and isinstance(value, dict) and isinstance(result.get("model"), dict):
+            result["model"] = {**result["model"], **value}
+        else:
+            result[key] = copy.deepcopy(value)
+    if "features" in wanted:
+        if features_mode == "replace":
+            result["features"] = copy.deepcopy(wanted["features"] or [])
+        else:
+            result["features"] = merge_features(result.get("features") or [], wanted["features"] or [])
+    elif features_mode == "replace":
+        result["features"] = []
+    return ordered(result)
+
+
+def features_from_mapping(features: Union[List[Any], Dict[str, str], None]) -> Optional[List[Dict[str, str]]]:
+    """Accept ``[{name, policy}]``, ``{name: policy}`` or a list of bare names (policy require)."""
+    if features is None:
+        return None
+    if isinstance(features, dict):
+        return [{"name": name, "policy": policy} for name, policy in features.items()]
+    if not isinstance(features, list):
+        raise CPUDefinitionError("features must be a list of {name, policy} or a {name: policy} mapping, got %r" % (features,))
+    result = []
+    for feature in features:
+        if isinstance(feature, str):
+            result.append({"name": feature, "policy": "require"})
+        else:
+            result.append(feature)
+    return result
+
+
+def parse_version(text: Union[str, int, None]) -> Optional[Tuple[int, int, int]]:
+    """'9.0.0' or libvirt's integer 9000000 -> (9, 0, 0)."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        return (text // 1000000, (text // 1000) % 1000, text % 1000)
+    parts = [int(p) for p in str(text).split(".")[:3] if p.isdigit()]
+    while len(parts) < 3:
+        parts.append(0)
+    return tuple(parts)  # type: ignore[return-value]
