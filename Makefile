@@ -1,0 +1,100 @@
+# hostcpu.libvirt — set-up and tests. The Makefile is the install procedure: CI runs
+# `bash .ci/run` (= `make test`) as root in a fresh clone on a fresh Debian machine.
+#
+#   make setup        system packages + .venv + libvirtd/virtlogd running, /dev/kvm usable
+#   make test         setup, then sanity, unit and integration (any failure fails)
+#   make demo         setup, then playbooks/demo.yml against this machine
+# See DEVELOPERS.md.
+
+SHELL       := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := $(CURDIR)/.venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.requirements.stamp
+COLLECTIONS := $(CURDIR)/.collections
+COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/hostcpu/libvirt
+
+# Only our checkout (through .collections) plus the collections bundled in the venv's `ansible`
+# package (found on sys.path): nothing from ~/.ansible or /usr/share/ansible.
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# `import ansible_collections.hostcpu.libvirt...` for pytest and plain Python.
+export PYTHONPATH := $(COLLECTIONS)$(if $(PYTHONPATH),:$(PYTHONPATH))
+export PATH := $(VENV)/bin:$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# -rs: every skipped test is listed with its reason at the end.
+PYTEST := $(PY) -m pytest -rs
+
+.PHONY: help link venv system daemons setup sanity unit integration accuracy testdata demo test clean distclean
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+	@echo '  targets: venv system daemons setup sanity unit integration accuracy testdata demo test clean'
+
+# --- set-up ------------------------------------------------------------------------------
+
+system:
+	bash scripts/install-system.sh
+
+daemons: system
+	bash scripts/start-daemons.sh
+
+# requirements.txt is installed only when it is newer than the stamp (a no-op otherwise);
+# libvirt-python compiles against the system's libvirt, hence `system` first.
+venv: system $(STAMP) link
+
+$(STAMP): requirements.txt
+	@if [ -d "$(VENV)" ] && ! "$(PY)" -c 'import sys' 2>/dev/null; then rm -rf "$(VENV)"; fi
+	@[ -x "$(PY)" ] || { echo "creating $(VENV) with $$(command -v $(PYTHON)) ($$($(PYTHON) --version))"; $(PYTHON) -m venv "$(VENV)"; }
+	$(PY) -m pip install --quiet --requirement requirements.txt
+	$(PY) -m pip check
+	@touch "$@"
+
+# .collections/ansible_collections/hostcpu/libvirt -> this checkout (re-pointed if it moved).
+link:
+	@[ "$$(readlink "$(COLLECTION_LINK)" 2>/dev/null)" = "$(CURDIR)" ] || { \
+	    mkdir -p "$(dir $(COLLECTION_LINK))" && ln -sfn "$(CURDIR)" "$(COLLECTION_LINK)" && \
+	    echo "linked $(COLLECTION_LINK) -> $(CURDIR)"; }
+
+setup: system venv daemons
+
+# --- tests -------------------------------------------------------------------------------
+
+sanity: venv
+	bash scripts/sanity.sh
+
+unit: venv
+	$(PYTEST) tests/unit
+
+integration: venv daemons
+	$(PYTEST) tests/integration
+
+# accuracy: added by issue 4 (not part of `test` yet)
+accuracy: venv daemons
+	$(PYTEST) tests/accuracy
+
+testdata:
+	bash scripts/fetch-testdata.sh
+
+demo: setup
+	ansible-playbook -i inventory/localhost.ini -e ansible_python_interpreter=$(PY) playbooks/demo.yml
+
+# setup first, then every suite; make stops at the first failing one.
+test: setup
+	$(MAKE) --no-print-directory sanity
+	$(MAKE) --no-print-directory unit
+	$(MAKE) --no-print-directory integration
+
+# --- cleaning ----------------------------------------------------------------------------
+
+# Keeps .cache (downloaded libvirt test data) and the system packages/daemons.
+clean:
+	rm -rf "$(VENV)" "$(COLLECTIONS)" tests/output .pytest_cache .hypothesis
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf .cache
