@@ -1,0 +1,194 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The libvirt calls of cpu_facts: raw XML and version numbers, nothing interpreted here.
+
+Round trips of one probe: getLibVersion, getVersion, getCapabilities, then per virt type one
+getDomainCapabilities and two baselineHypervisorCPU (expanded, expanded + migratable).
+verify_modes adds per verified mode createXML + XMLDesc + destroy (and the same again for the
+retry with a known fix).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import (
+    LibvirtCallError,
+    call,
+    libvirt,
+    libvirt_message,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
+    VERIFIABLE_MODES,
+    VIRT_TYPES,
+    Entry,
+    candidate_virt_types,
+    fix_candidates,
+    host_model_as_custom_xml,
+    mode_supported,
+    parse_capabilities,
+    parse_domain_capabilities,
+    verified_result,
+    verify_domain_xml,
+    verify_guest_name,
+)
+
+# Where libvirtd (qemu:///system) writes each guest's QEMU log; verify guests' logs are removed.
+SYSTEM_GUEST_LOG_DIR = "/var/log/libvirt/qemu"
+# verify_modes guests alive at once (each is a paused 32 MiB QEMU).
+MAX_PARALLEL_GUESTS = 6
+
+
+def read_versions(conn) -> Dict[str, int]:
+    return {
+        "libvirt_version": call("reading the libvirt version (getLibVersion)", conn.getLibVersion),
+        "hypervisor_version": call("reading the hypervisor version (getVersion)", conn.getVersion),
+    }
+
+
+def read_capabilities(conn) -> str:
+    return call("reading the host capabilities (getCapabilities)", conn.getCapabilities)
+
+
+def read_domain_capabilities(conn, arch: str, virt_type: str) -> str:
+    """domcapabilities for the default emulator and machine of *arch* and *virt_type*."""
+    return call("reading the domain capabilities of virt type '%s' (getDomainCapabilities)" % virt_type,
+                conn.getDomainCapabilities, None, arch, None, virt_type, 0)
+
+
+def _baseline(conn, entry: Entry, cpu_xml: str, flags: int, what: str) -> str:
+    return call("expanding the %s host-model CPU of '%s' (baselineHypervisorCPU, %s)" % (entry["domain_type"], entry["domain_type"], what),
+                conn.baselineHypervisorCPU, entry["emulator"], entry["arch"], entry["machine"],
+                entry["domain_type"], [cpu_xml], flags)
+
+
+def expand_host_model(conn, entry: Entry) -> Optional[Dict[str, str]]:
+    """The host-model CPU with every feature of its model, plain and MIGRATABLE; None without host-model."""
+    cpu_xml = host_model_as_custom_xml(entry) if mode_supported(entry, "host-model") else None
+    if cpu_xml is None:
+        return None
+    expand = libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES
+    migratable = libvirt.VIR_CONNECT_BASELINE_CPU_MIGRATABLE
+    return {
+        "host_model_expanded": _baseline(conn, entry, cpu_xml, expand, "EXPAND_FEATURES"),
+        "host_model_migratable": _baseline(conn, entry, cpu_xml, expand | migratable, "EXPAND_FEATURES|MIGRATABLE"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# verify_modes
+
+
+def _remove_guest_log(conn, name: str) -> None:
+    """libvirtd keeps <name>.log of every transient guest; drop the verify guest's own log."""
+    try:
+        local_system = conn.getURI() == "qemu:///system"
+    except libvirt.libvirtError:
+        return
+    path = os.path.join(SYSTEM_GUEST_LOG_DIR, name + ".log")
+    if local_system and os.path.isfile(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _destroy(domain) -> None:
+    try:
+        domain.destroy()
+    except libvirt.libvirtError as exc:
+        if domain.isActive():
+            raise LibvirtCallError("destroying the verify guest '%s' failed: %s; remove it with 'virsh destroy %s'"
+                                   % (domain.name(), libvirt_message(exc), domain.name())) from None
+
+
+def start_paused_guest(conn, domain_xml: str, name: str) -> Tuple[Optional[str], Optional[str]]:
+    """Start a transient paused guest, read its live XML, destroy it: ``(live_xml, None)`` or ``(None, error)``."""
+    try:
+        domain = conn.createXML(domain_xml, libvirt.VIR_DOMAIN_START_PAUSED)
+    except libvirt.libvirtError as exc:
+        _remove_guest_log(conn, name)
+        return None, libvirt_message(exc)
+    try:
+        return call("reading the live XML of the verify guest '%s'" % name, domain.XMLDesc, 0), None
+    finally:
+        _destroy(domain)
+        _remove_guest_log(conn, name)
+
+
+def verify_mode(conn, entry: Entry, mode: str, token: str) -> Dict[str, Any]:
+    """Start a guest with ``<cpu mode>``; when it fails and a known fix applies, retry once with it."""
+    name = verify_guest_name(token, entry["domain_type"], mode)
+    first = start_paused_guest(conn, verify_domain_xml(entry, mode, name), name)
+    retry = None
+    features = fix_candidates(entry, first[1]) if first[0] is None else None
+    if features:
+        retry_name = name + "-fix"
+        retry = (features,) + start_paused_guest(conn, verify_domain_xml(entry, mode, retry_name, features), retry_name)
+    return verified_result(first, retry)
+
+
+def verify_entries(conn, entries: Dict[str, Entry], token: Optional[str] = None) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """verify_mode for every supported verifiable mode of every entry, the guests side by side.
+
+    Starting and destroying a guest is mostly waiting for QEMU (destroy alone takes ~1.5 s), so
+    the guests run in parallel threads on the one (thread-safe) connection; each thread removes
+    its own guest.
+    """
+    token = token or secrets.token_hex(4)
+    jobs = [(virt_type, mode) for virt_type, entry in entries.items()
+            for mode in VERIFIABLE_MODES if mode_supported(entry, mode)]
+    results: Dict[str, Dict[str, Dict[str, Any]]] = {virt_type: {} for virt_type in entries}
+    if not jobs:
+        return results
+    with ThreadPoolExecutor(max_workers=min(len(jobs), MAX_PARALLEL_GUESTS)) as pool:
+        futures = {job: pool.submit(verify_mode, conn, entries[job[0]], job[1], token) for job in jobs}
+    for (virt_type, mode), future in futures.items():
+        results[virt_type][mode] = future.result()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole probe
+
+
+def not_offered_reason(virt_type: str, arch: str) -> str:
+    hint = ("is /dev/kvm there and usable by libvirt (group kvm)?" if virt_type == "kvm"
+            else "is QEMU for %s (qemu-system-x86 or similar) installed?" % arch)
+    return "libvirt's capabilities offer no '%s' domain for %s guests; %s" % (virt_type, arch, hint)
+
+
+def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False) -> Dict[str, Any]:
+    """Everything build_facts needs, read from *conn*.
+
+    Returns ``capabilities_xml``, ``domcaps`` (virt type -> XML), ``versions``, ``expansions``,
+    ``verified`` (None unless *verify*) and ``unavailable`` (virt type -> why it is missing; without
+    *virt_types* every virt type of the QEMU driver is tried, so this says why kvm is absent).
+    """
+    versions = read_versions(conn)
+    capabilities_xml = read_capabilities(conn)
+    capabilities = parse_capabilities(capabilities_xml)
+    arch = capabilities["host"]["arch"]
+    offered = candidate_virt_types(capabilities)
+    wanted: List[str] = list(virt_types) if virt_types else list(VIRT_TYPES)
+    result: Dict[str, Any] = {"capabilities_xml": capabilities_xml, "domcaps": {}, "versions": versions,
+                              "expansions": {}, "verified": {} if verify else None, "unavailable": {}}
+    entries: Dict[str, Entry] = {}
+    for virt_type in wanted:
+        if virt_type not in offered:
+            result["unavailable"][virt_type] = not_offered_reason(virt_type, arch)
+            continue
+        try:
+            domcaps_xml = read_domain_capabilities(conn, arch, virt_type)
+        except LibvirtCallError as exc:
+            result["unavailable"][virt_type] = str(exc)
+            continue
+        entries[virt_type] = parse_domain_capabilities(domcaps_xml)
+        result["domcaps"][virt_type] = domcaps_xml
+        result["expansions"][virt_type] = expand_host_model(conn, entries[virt_type])
+    if verify:
+        result["verified"] = verify_entries(conn, entries)
+    return result

@@ -1,0 +1,306 @@
+#!/usr/bin/python
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: cpu_facts
+short_description: Probe the CPU a libvirt host gives its guests
+version_added: 1.0.0
+description:
+  - Reads the host CPU from libvirt's capabilities and, per virt type (V(kvm) when KVM is usable,
+    V(qemu) (TCG) whenever QEMU is installed), the domain capabilities: which CPU modes are
+    supported, the host-model CPU, the named models and whether each is usable.
+  - Asks libvirt to expand the host-model CPU with every feature of its model (plain and
+    migratable), so the CPU a C(host-model) guest will really run with can be computed without
+    starting one (see the P(hostcpu.libvirt.live_cpu#filter) filter).
+  - Optionally (O(verify_modes)) starts a tiny transient paused guest per supported mode and
+    reports whether it really starts, libvirt's error when not, and a fix that makes it start.
+  - Instead of a connection, the XML of C(virsh capabilities) and C(virsh domcapabilities) can
+    be given (O(capabilities_xml), O(domain_capabilities_xml)); then libvirt-python is not needed.
+  - Sets the fact C(hostcpu).
+author:
+  - hostcpu.libvirt contributors
+extends_documentation_fragment:
+  - hostcpu.libvirt.connection
+options:
+  virt_types:
+    description:
+      - The virt types to probe. Default is every virt type libvirt offers for the host's
+        architecture.
+      - A virt type the host does not offer is reported in RV(ansible_facts.hostcpu.unavailable_virt_types)
+        with the reason, and with a warning when it was listed here.
+    type: list
+    elements: str
+    choices: [kvm, qemu]
+  verify_modes:
+    description:
+      - Start one transient guest per supported mode (C(host-passthrough), C(maximum), C(host-model))
+        and virt type, paused (it never runs a guest instruction), 32 MiB, no disk, named
+        C(hostcpu-verify-<random>-<virt type>-<mode>), read its live CPU and destroy it at once.
+      - When a start fails and a known fix applies (today C(arch-capabilities), which nested KVM
+        often refuses), the start is retried once with that feature disabled and the fix is
+        reported when the retry starts.
+      - Transient guests leave no definition behind; the QEMU log libvirt writes for each is removed
+        for O(uri=qemu:///system). This also runs in check mode, since nothing persistent is written.
+      - Each verified mode costs about 0.4 s, a failing one about 2 s more.
+    type: bool
+    default: false
+  capabilities_xml:
+    description:
+      - The output of C(virsh capabilities) (C(virConnectGetCapabilities)) to read instead of
+        asking libvirt. Needs no libvirt connection.
+      - Cannot be combined with O(uri) or O(verify_modes).
+    type: str
+  domain_capabilities_xml:
+    description:
+      - Per virt type, the output of C(virsh domcapabilities --virttype <type>) to read instead of
+        asking libvirt. Needs no libvirt connection.
+      - Each key must be the virt type named by the XML's C(<domain>) element.
+      - The expansions (RV(ansible_facts.hostcpu.virt_types.kvm.host_model_expanded) and friends)
+        need libvirt and are V(null) then.
+      - Cannot be combined with O(uri) or O(verify_modes).
+    type: dict
+notes:
+  - Only reads from libvirt, except for the transient guests of O(verify_modes).
+  - Supports check mode and runs the same in it.
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  facts:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Probe the host CPU and the CPU modes of kvm and qemu
+  hostcpu.libvirt.cpu_facts:
+
+- name: Show the host-model CPU under KVM
+  ansible.builtin.debug:
+    var: ansible_facts.hostcpu.virt_types.kvm.modes['host-model'].cpu
+
+- name: Probe only KVM and check that each mode really starts a guest
+  hostcpu.libvirt.cpu_facts:
+    virt_types: [kvm]
+    verify_modes: true
+
+- name: Group hosts by the CPU their KVM guests see
+  ansible.builtin.group_by:
+    key: "cpu_{{ ansible_facts.hostcpu.virt_types.kvm.fingerprint[:12] }}"
+
+- name: Read XML saved earlier, without libvirt
+  hostcpu.libvirt.cpu_facts:
+    capabilities_xml: "{{ lookup('ansible.builtin.file', 'capabilities.xml') }}"
+    domain_capabilities_xml:
+      kvm: "{{ lookup('ansible.builtin.file', 'domcapabilities-kvm.xml') }}"
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts to add to C(ansible_facts).
+  returned: always
+  type: complex
+  contains:
+    hostcpu:
+      description: The host CPU and, per virt type, what guests can get.
+      returned: always
+      type: complex
+      contains:
+        arch:
+          description: Host architecture.
+          type: str
+          sample: x86_64
+        vendor:
+          description: Host CPU vendor as libvirt names it.
+          type: str
+          sample: AMD
+        model:
+          description: The libvirt model closest to the host CPU (host capabilities).
+          type: str
+          sample: kvm64
+        signature:
+          description: CPUID family, model and stepping.
+          type: dict
+          sample: {family: 25, model: 17, stepping: 1}
+        microcode:
+          description: Microcode version, as libvirt prints it.
+          type: str
+          sample: "16777317"
+        topology:
+          description: Host CPU topology.
+          type: dict
+          sample: {sockets: 1, dies: 1, cores: 2, threads: 1}
+        maxphysaddr:
+          description: Host physical address bits, when libvirt reports them.
+          type: dict
+          sample: {mode: emulate, bits: 48}
+        tsc:
+          description: TSC frequency (Hz) and whether it scales, when libvirt reports it.
+          type: dict
+          sample: {frequency: 2596130000, scaling: false}
+        features:
+          description: Host CPU features beyond the model (host capabilities).
+          type: list
+          elements: str
+          sample: [vme, ht, pclmuldq]
+        libvirt_version:
+          description: libvirt version; V(null) for offline input.
+          type: str
+          sample: 9.0.0
+        hypervisor_version:
+          description: QEMU version; V(null) for offline input.
+          type: str
+          sample: 7.2.22
+        unavailable_virt_types:
+          description: Virt types (asked for, or all of V(kvm) and V(qemu) by default) that could not be probed, with the reason.
+          type: dict
+          sample: {kvm: "libvirt's capabilities offer no 'kvm' domain for x86_64 guests (is /dev/kvm there and usable by libvirt?)"}
+        verify_modes:
+          description:
+            - Only with O(verify_modes=true). Per virt type and verified mode V(starts), V(starts_with_fix)
+              or V(fails); details are in C(virt_types.<type>.modes.<mode>.verified).
+          type: dict
+          sample: {kvm: {host-passthrough: starts_with_fix, maximum: starts_with_fix, host-model: starts_with_fix}}
+        virt_types:
+          description: Per virt type (V(kvm), V(qemu)) what libvirt's domain capabilities say.
+          type: dict
+          contains:
+            domain_type:
+              description: The virt type.
+              type: str
+              sample: kvm
+            arch:
+              description: Guest architecture.
+              type: str
+              sample: x86_64
+            emulator:
+              description: QEMU binary the capabilities are for.
+              type: str
+              sample: /usr/bin/qemu-system-x86_64
+            machine:
+              description: Machine type the capabilities are for.
+              type: str
+              sample: pc-i440fx-7.2
+            max_vcpus:
+              description: Most vCPUs a guest may have.
+              type: int
+              sample: 255
+            libvirt_version:
+              description: The libvirt version again, so that one entry carries what the live-CPU computation needs.
+              type: str
+              sample: 9.0.0
+            fingerprint:
+              description:
+                - sha256 over arch, the host-model CPU, the usable named models and the modes.
+                  Equal fingerprints mean guests of this virt type get the same CPU choices.
+              type: str
+            modes:
+              description:
+                - C(host-passthrough) and C(maximum) have C(supported) and C(migratable) (the accepted values).
+                - C(host-model) has C(supported) and C(cpu), the CPU dict of the host-model CPU (model with fallback, vendor, features with policies).
+                - C(custom) has C(supported) and C(models), each with C(name), C(usable) (V(true), V(false), V(null) for unknown),
+                  C(vendor), C(deprecated) and C(blockers) (the features that make it unusable; V(null) when libvirt does not
+                  report them, which libvirt 9.0 does not).
+                - With O(verify_modes=true), each verified mode has C(verified) with C(starts), C(error) (libvirt's message),
+                  C(live_cpu) (the CPU dict of the started guest), C(fix) (C(features) that made it start and the C(live_cpu)
+                  it started with) and C(fix_error) (why the retry with the fix failed).
+              type: dict
+            host_model_expanded:
+              description: The host-model CPU with every feature of its model (baselineHypervisorCPU with EXPAND_FEATURES).
+              type: dict
+            host_model_migratable:
+              description: The same, with only migratable features (EXPAND_FEATURES and MIGRATABLE). This is what a host-model guest runs with.
+              type: dict
+            non_migratable_features:
+              description: Features of the host-model CPU that the migratable expansion drops.
+              type: list
+              elements: str
+              sample: [invtsc]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import (
+    connection,
+    connection_argument_spec,
+    require_libraries,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT_TYPES, build_facts, check_virt_types
+
+OFFLINE_OPTIONS = ("capabilities_xml", "domain_capabilities_xml")
+
+
+def argument_spec() -> dict:
+    spec = connection_argument_spec()
+    spec.update(
+        virt_types={"type": "list", "elements": "str", "choices": list(VIRT_TYPES)},
+        verify_modes={"type": "bool", "default": False},
+        capabilities_xml={"type": "str"},
+        domain_capabilities_xml={"type": "dict"},
+    )
+    return spec
+
+
+def offline_inputs(params: dict) -> dict:
+    """domain_capabilities_xml limited to virt_types; refuses what cannot be read."""
+    given = params["domain_capabilities_xml"] or {}
+    check_virt_types(given, "domain_capabilities_xml")
+    for virt_type, text in given.items():
+        if not isinstance(text, str):
+            raise CPUError("domain_capabilities_xml.%s must be the XML text of 'virsh domcapabilities', got %s"
+                           % (virt_type, type(text).__name__))
+    wanted = params["virt_types"]
+    return {virt_type: text for virt_type, text in given.items() if not wanted or virt_type in wanted}
+
+
+def check_option_combination(params: dict) -> None:
+    offline = [name for name in OFFLINE_OPTIONS if params[name] is not None]
+    if not offline:
+        return
+    if params["uri"]:
+        raise CPUError("uri cannot be combined with %s: the XML is read instead of asking libvirt; drop one of them"
+                       % " and ".join(offline))
+    if params["verify_modes"]:
+        raise CPUError("verify_modes needs a libvirt connection to start guests, but %s was given; drop verify_modes or the XML"
+                       % " and ".join(offline))
+
+
+def facts_offline(params: dict) -> dict:
+    facts = build_facts(params["capabilities_xml"], offline_inputs(params), None)
+    facts["unavailable_virt_types"] = {}
+    return facts
+
+
+def facts_from_libvirt(module: AnsibleModule) -> dict:
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe import probe
+
+    params = module.params
+    with connection(params["uri"]) as conn:
+        found = probe(conn, params["virt_types"], params["verify_modes"])
+    facts = build_facts(found["capabilities_xml"], found["domcaps"], found["versions"], found["expansions"], found["verified"])
+    facts["unavailable_virt_types"] = found["unavailable"]
+    if params["virt_types"] or not facts["virt_types"]:
+        for virt_type, reason in found["unavailable"].items():
+            module.warn("virt type %s is not available: %s" % (virt_type, reason))
+    return facts
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    params = module.params
+    offline = any(params[name] is not None for name in OFFLINE_OPTIONS)
+    require_libraries(module, need_libvirt=not offline)
+    try:
+        check_option_combination(params)
+        facts = facts_offline(params) if offline else facts_from_libvirt(module)
+    except CPUError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=False, ansible_facts={"hostcpu": facts})
+
+
+if __name__ == "__main__":
+    main()
