@@ -176,10 +176,11 @@ def _format_model(cpu: CPUDict) -> Optional[str]:
     mode = cpu.get("mode", "custom")
     if mode not in FALLBACK_MODES:
         return None
-    name = model.get("name") if mode == "custom" else None
-    fallback = model.get("fallback")
+    name = model.get("name")
+    # virCPUDefFormatBuf: <model> only with a name or vendor_id, fallback only with a name.
+    fallback = model.get("fallback") if name else None
     vendor_id = model.get("vendor_id")
-    if not (name or vendor_id or fallback):
+    if not (name or vendor_id):
         return None
     opening = "<model%s" % _attrs((("fallback", fallback), ("vendor_id", vendor_id)))
     if name:
@@ -192,7 +193,7 @@ def _format_children(cpu: CPUDict) -> List[str]:
     model_line = _format_model(cpu)
     if model_line:
         children.append(model_line)
-    if cpu.get("vendor") and cpu.get("mode", "custom") == "custom":
+    if cpu.get("vendor") and cpu.get("mode", "custom") in FALLBACK_MODES:
         children.append("<vendor>%s</vendor>" % _escape(cpu["vendor"]))
     if cpu.get("topology"):
         topo = cpu["topology"]
@@ -260,8 +261,10 @@ def _validate_model(cpu: CPUDict, mode: str) -> None:
     if model.get("name") is not None and (not isinstance(model["name"], str) or not model["name"].strip()):
         raise CPUDefinitionError("model name must be a non-empty string, got %r" % model["name"])
     if model.get("name") and mode not in MODEL_NAME_MODES:
-        raise CPUDefinitionError("a model name ('%s') is only used with mode custom; libvirt ignores it for %s: "
-                                 "remove the model or use mode: custom" % (model["name"], mode))
+        effect = ("keeps it and checks the host against that model at start, which can refuse the start"
+                  if mode == "host-model" else "drops it")
+        raise CPUDefinitionError("a model name ('%s') is only meaningful with mode custom; for %s libvirt %s: "
+                                 "remove the model or use mode: custom" % (model["name"], mode, effect))
     vendor_id = model.get("vendor_id")
     if vendor_id is not None and (not isinstance(vendor_id, str) or len(vendor_id) != 12):
         raise CPUDefinitionError("vendor_id must be exactly 12 characters (e.g. 'AuthenticAMD'), got %r" % vendor_id)
@@ -332,12 +335,17 @@ def validate_cpu(cpu: CPUDict) -> CPUDict:
         _check_positive_ints(cache, ("level",), "cache")
         if cache.get("level") is not None and cache["mode"] != "emulate":
             raise CPUDefinitionError("cache level is only supported with cache mode emulate")
+        if cache["mode"] == "passthrough" and mode not in MIGRATABLE_MODES:
+            raise CPUDefinitionError("cache mode passthrough can only be used with host-passthrough or maximum, not %s" % mode)
     addr = cpu.get("maxphysaddr")
     if addr is not None:
         if "mode" not in addr:
             raise CPUDefinitionError("maxphysaddr needs a mode: emulate or passthrough")
         _check_choice(addr.get("mode"), MAXPHYSADDR_MODES, "maxphysaddr mode")
         _check_positive_ints(addr, ("bits", "limit"), "maxphysaddr")
+        if addr["mode"] == "passthrough" and addr.get("bits") is not None:
+            raise CPUDefinitionError("maxphysaddr bits cannot be used with mode passthrough: drop bits (or use limit) "
+                                     "or use mode emulate")
     _validate_features(cpu, mode)
     return cpu
 
@@ -381,7 +389,12 @@ def normalize_cpu(cpu: CPUDict, virt_type: str = "kvm",
     if mode != "custom":
         result.pop("match", None)
         result.pop("vendor", None)
-        model.pop("name", None)
+    if mode == "host-model":
+        # libvirt keeps a host-model <model> name (fallback defaults to allow); fallback alone is dropped.
+        if model.get("name"):
+            model.setdefault("fallback", "allow")
+        else:
+            model.pop("fallback", None)
     if mode in MIGRATABLE_MODES:
         model = {}
         if mode == "host-passthrough":
