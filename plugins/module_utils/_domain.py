@@ -1,0 +1,433 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Edit the ``<cpu>`` of domain XML text and touch nothing else.
+
+The domain XML is edited as text: the byte span of the top-level ``<cpu>`` element is replaced
+(or inserted, or removed) and every other byte stays as it was, comments and quoting included.
+Children of ``<cpu>`` the CPU dict does not own (``<numa>``, anything unknown) are carried over
+verbatim. ``plan_cpu`` decides whether a wish changes a domain by comparing libvirt's normalised
+forms; ``cpu_diff`` and ``outside_cpu_differences`` give the before/after views the module reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
+    CPUDict,
+    MIGRATABLE_MODES,
+    MODE_INDEPENDENT_KEYS,
+    cpu_from_element,
+    cpu_to_xml,
+    features_from_mapping,
+    merge_cpu,
+    normalize_cpu,
+    ordered,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import etree, parse_xml
+
+# Children of <cpu> that the CPU dict describes; every other child (numa, ...) is kept verbatim.
+OWNED_CPU_CHILDREN = ("model", "vendor", "topology", "cache", "maxphysaddr", "feature")
+# Top-level elements libvirt prints after <cpu> (virDomainDefFormatInternal); a new <cpu> goes
+# before the first of them that the domain has.
+ELEMENTS_AFTER_CPU = ("clock", "on_poweroff", "on_reboot", "on_crash", "on_lockfailure", "pm", "perf",
+                      "devices", "seclabel", "keywrap", "launchSecurity")
+# The single options of domain_cpu that map onto top-level keys of the CPU dict.
+PLAIN_OPTION_KEYS = ("mode", "match", "check", "migratable", "vendor", "topology", "cache", "maxphysaddr")
+MODEL_OPTION_KEYS = {"model": "name", "fallback": "fallback", "vendor_id": "vendor_id"}
+FEATURES_MODES = ("merge", "replace")
+# What libvirt (qemuDomainDefSetDefaultCPU) stores for an x86 domain without <cpu>: kvm and qemu alike.
+NO_CPU: CPUDict = {}
+
+_ELEMENT_TOKEN = re.compile(
+    r"<!--.*?-->"                                   # comment
+    r"|<!\[CDATA\[.*?\]\]>"                         # CDATA section
+    r"|<\?.*?\?>"                                   # processing instruction / XML declaration
+    r"|</(?P<close>[^\s>]+)\s*>"                    # end tag
+    r"|<(?P<open>[^\s/>!?]+)"                       # start tag name
+    r"(?:\s+[^\s=/>]+\s*=\s*(?:\"[^\"]*\"|'[^']*'))*"  # attributes (values may hold '>')
+    r"\s*(?P<empty>/?)>",
+    re.S,
+)
+
+
+class DomainXMLError(CPUError):
+    """Domain XML that cannot be edited (not a <domain>, not well-formed, ...)."""
+
+
+class DomainInfo(NamedTuple):
+    """What a domain's XML says about where its CPU runs."""
+    name: Optional[str]
+    uuid: Optional[str]
+    virt_type: str
+    arch: Optional[str]
+    machine: Optional[str]
+    emulator: Optional[str]
+
+
+class Span(NamedTuple):
+    tag: str
+    start: int
+    end: int
+
+
+class CPUPlan(NamedTuple):
+    """The outcome of comparing a domain's CPU with a wish."""
+    current: CPUDict            # the CPU as the XML says (ordered)
+    desired: Optional[CPUDict]  # the CPU to write; None removes <cpu>
+    changed: bool
+    current_normalized: CPUDict
+    desired_normalized: CPUDict
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def parse_domain(text: str):
+    """The <domain> root of *text*, or DomainXMLError."""
+    root = parse_xml(text, "domain XML")
+    if root.tag != "domain":
+        raise DomainXMLError("expected domain XML with a <domain> root element, got <%s>; "
+                             "pass what 'virsh dumpxml --inactive' prints" % root.tag)
+    return root
+
+
+def domain_info(text: str) -> DomainInfo:
+    root = parse_domain(text)
+    type_el = root.find("os/type")
+    return DomainInfo(
+        name=(root.findtext("name") or "").strip() or None,
+        uuid=(root.findtext("uuid") or "").strip() or None,
+        virt_type=root.get("type") or "kvm",
+        arch=None if type_el is None else type_el.get("arch"),
+        machine=None if type_el is None else type_el.get("machine"),
+        emulator=(root.findtext("devices/emulator") or "").strip() or None,
+    )
+
+
+def read_cpu(text: str) -> CPUDict:
+    """The domain's CPU dict ({} when it has no <cpu>)."""
+    cpu_el = parse_domain(text).find("cpu")
+    return {} if cpu_el is None else ordered(cpu_from_element(cpu_el))
+
+
+# ---------------------------------------------------------------------------------------------
+# locating elements as byte spans
+
+
+def _element_spans(text: str, depth_wanted: int, inside: Optional[Tuple[int, int]] = None) -> List[Span]:
+    """Spans of the elements at *depth_wanted* (1 = children of the root) within *inside*."""
+    start, stop = inside or (0, len(text))
+    spans: List[Span] = []
+    stack: List[Tuple[str, int]] = []
+    for match in _ELEMENT_TOKEN.finditer(text, start, stop):
+        if match.group("open"):
+            if match.group("empty"):
+                if len(stack) == depth_wanted:
+                    spans.append(Span(match.group("open"), match.start(), match.end()))
+            else:
+                stack.append((match.group("open"), match.start()))
+        elif match.group("close"):
+            tag, opened_at = stack.pop()
+            if len(stack) == depth_wanted:
+                spans.append(Span(tag, opened_at, match.end()))
+    return spans
+
+
+def cpu_span(text: str) -> Optional[Span]:
+    """The byte span of the domain's top-level <cpu>, or None."""
+    for span in _element_spans(text, 1):
+        if span.tag == "cpu":
+            return span
+    return None
+
+
+def _line_indent(text: str, offset: int) -> str:
+    line_start = text.rfind("\n", 0, offset) + 1
+    prefix = text[line_start:offset]
+    return prefix if not prefix.strip() else ""
+
+
+def _indent_unit(text: str) -> int:
+    """Spaces per nesting level, read from the first child of the root (libvirt: 2)."""
+    children = _element_spans(text, 1)
+    if children:
+        width = len(_line_indent(text, children[0].start))
+        if width:
+            return width
+    return 2
+
+
+def kept_cpu_children(text: str) -> List[str]:
+    """Verbatim text of the <cpu> children the CPU dict does not own (e.g. <numa>)."""
+    span = cpu_span(text)
+    if span is None:
+        return []
+    inner = _element_spans(text, 1, (span.start, span.end))
+    return [text[child.start:child.end] for child in inner if child.tag not in OWNED_CPU_CHILDREN]
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def _render_cpu(cpu: CPUDict, kept: List[str], unit: int) -> str:
+    return cpu_to_xml(cpu, indent=unit, level=1, extra_children=kept).lstrip(" ")
+
+
+def _insertion_point(text: str) -> Tuple[int, str]:
+    """Where a new <cpu> goes (libvirt's order) and the indentation of that line."""
+    children = _element_spans(text, 1)
+    for span in children:
+        if span.tag in ELEMENTS_AFTER_CPU:
+            return span.start, _line_indent(text, span.start)
+    root_close = text.rstrip().rfind("</")
+    if children:
+        last = children[-1]
+        return last.end, "\n" + _line_indent(text, last.start)
+    return root_close, ""
+
+
+def _cut(text: str, span: Span) -> str:
+    """*text* without *span*, and without the line break and indentation before it when it had a line."""
+    indent = _line_indent(text, span.start)
+    start = span.start - len(indent)
+    if start > 0 and text[start - 1] == "\n":
+        start -= 1
+    return text[:start] + text[span.end:]
+
+
+def replace_cpu(text: str, cpu: Optional[CPUDict]) -> str:
+    """*text* with its <cpu> replaced by *cpu* (None: removed); nothing else changes.
+
+    Children the dict does not own (``<numa>``) are kept, so removing a CPU that has NUMA cells
+    leaves ``<cpu>`` with just those cells.
+    """
+    parse_domain(text)
+    span = cpu_span(text)
+    kept = kept_cpu_children(text)
+    unit = _indent_unit(text)
+    if cpu is None and not kept:
+        return text if span is None else _cut(text, span)
+    rendered = _render_cpu(cpu or {}, kept, unit)
+    if span is not None:
+        return text[:span.start] + rendered + text[span.end:]
+    offset, indent = _insertion_point(text)
+    if indent.startswith("\n"):
+        return text[:offset] + indent + rendered + text[offset:]
+    if indent:
+        return text[:offset] + rendered + "\n" + indent + text[offset:]
+    return text[:offset] + rendered + text[offset:]
+
+
+# ---------------------------------------------------------------------------------------------
+# the wish: options -> CPU dict
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _drop_none(item) for key, item in value.items() if item is not None}
+    return value
+
+
+def cpu_from_options(options: Mapping[str, Any]) -> CPUDict:
+    """The CPU dict of domain_cpu's single options (mode, model, fallback, features, ...)."""
+    cpu: CPUDict = {}
+    for key in PLAIN_OPTION_KEYS:
+        if options.get(key) is not None:
+            cpu[key] = _drop_none(options[key])
+    model = {field: options[option] for option, field in MODEL_OPTION_KEYS.items() if options.get(option) is not None}
+    if model:
+        cpu["model"] = model
+    if options.get("features") is not None:
+        cpu["features"] = features_from_mapping(options["features"])
+    return cpu
+
+
+def cpu_from_whole(cpu: Any) -> CPUDict:
+    """The ``cpu`` option: a whole CPU dict (features may be a {name: policy} mapping)."""
+    if not isinstance(cpu, dict):
+        raise DomainXMLError("the option cpu must be a CPU mapping like {mode: host-model}, got %s" % type(cpu).__name__)
+    result = _drop_none(copy.deepcopy(cpu))
+    if result.get("features") is not None:
+        result["features"] = features_from_mapping(result["features"])
+    return result
+
+
+def effective_features_mode(features_mode: Optional[str], whole_cpu_given: bool) -> str:
+    """merge for single options, replace for a whole ``cpu``, unless the task says otherwise."""
+    if features_mode is None:
+        return "replace" if whole_cpu_given else "merge"
+    if features_mode not in FEATURES_MODES:
+        raise DomainXMLError("features_mode '%s' is not valid; use merge or replace" % features_mode)
+    return features_mode
+
+
+# ---------------------------------------------------------------------------------------------
+# planning
+
+
+def is_libvirt_default(cpu: CPUDict, virt_type: str, libvirt_version: Optional[Tuple[int, ...]] = None) -> bool:
+    """True when *cpu* (without topology, cache, maxphysaddr) is what libvirt stores for no <cpu>."""
+    core = {key: value for key, value in cpu.items() if key not in MODE_INDEPENDENT_KEYS}
+    return normalize_cpu(core, virt_type, libvirt_version) == normalize_cpu(NO_CPU, virt_type, libvirt_version)
+
+
+def merge_base(current: CPUDict, virt_type: str, libvirt_version: Optional[Tuple[int, ...]] = None) -> CPUDict:
+    """The CPU a wish is merged onto.
+
+    libvirt stores a domain without <cpu> as ``custom qemu64 fallback=forbid check=none``; those
+    values are libvirt's defaults, not the operator's choices, so a wish is merged onto the
+    mode-independent parts (topology, cache, maxphysaddr) only. Setting ``model: EPYC`` on such a
+    domain therefore gives what defining ``<cpu><model>EPYC</model></cpu>`` gives.
+    """
+    if current and is_libvirt_default(current, virt_type, libvirt_version):
+        return {key: copy.deepcopy(current[key]) for key in MODE_INDEPENDENT_KEYS if key in current}
+    return copy.deepcopy(current)
+
+
+def plan_cpu(current: CPUDict, wanted: CPUDict, state: str = "present", features_mode: str = "merge",
+             virt_type: str = "kvm", libvirt_version: Optional[Tuple[int, ...]] = None) -> CPUPlan:
+    """Decide the CPU to write and whether that changes what libvirt stores."""
+    if state == "absent":
+        desired: Optional[CPUDict] = None
+        desired_normalized = normalize_cpu(NO_CPU, virt_type, libvirt_version)
+    else:
+        desired = merge_cpu(merge_base(current, virt_type, libvirt_version), wanted, features_mode)
+        desired_normalized = normalize_cpu(desired, virt_type, libvirt_version)
+    current_normalized = normalize_cpu(current, virt_type, libvirt_version)
+    return CPUPlan(current=ordered(current), desired=desired, changed=current_normalized != desired_normalized,
+                   current_normalized=current_normalized, desired_normalized=desired_normalized)
+
+
+def apply_plan(text: str, plan: CPUPlan) -> str:
+    """The domain XML with the planned <cpu>; unchanged text when the plan changes nothing."""
+    if not plan.changed:
+        return text
+    return replace_cpu(text, plan.desired)
+
+
+# ---------------------------------------------------------------------------------------------
+# reporting
+
+
+def cpu_element_text(text: str) -> str:
+    """The <cpu> element of *text* as it stands there, dedented ('' when there is none)."""
+    span = cpu_span(text)
+    if span is None:
+        return ""
+    indent = _line_indent(text, span.start)
+    lines = text[span.start:span.end].split("\n")
+    return "\n".join([lines[0]] + [line[len(indent):] if line.startswith(indent) else line for line in lines[1:]]) + "\n"
+
+
+def predicted_cpu_text(text: str, plan: CPUPlan) -> str:
+    """The <cpu> libvirt is expected to store for *plan* (its normalised form), dedented."""
+    if not plan.changed:
+        return cpu_element_text(text)
+    return cpu_element_text(replace_cpu(text, plan.desired_normalized))
+
+
+def cpu_diff(name: str, before_text: str, after_text: str) -> Dict[str, str]:
+    """One Ansible diff entry: the <cpu> before and after, with headers naming the domain."""
+    return {
+        "before_header": "%s: <cpu> before" % name,
+        "after_header": "%s: <cpu> after" % name,
+        "before": before_text,
+        "after": after_text,
+    }
+
+
+def _strip_whitespace(element) -> None:
+    for node in element.iter():
+        if node.text is not None and not node.text.strip():
+            node.text = None
+        if node.tail is not None and not node.tail.strip():
+            node.tail = None
+
+
+def without_cpu(text: str) -> str:
+    """A canonical, indented form of the domain without its top-level <cpu> (for comparison)."""
+    root = parse_domain(text)
+    for cpu_el in root.findall("cpu"):
+        root.remove(cpu_el)
+    _strip_whitespace(root)
+    canonical = etree.tostring(root, method="c14n")
+    return etree.tostring(etree.fromstring(canonical), pretty_print=True, encoding="unicode")
+
+
+def numa_of(text: str) -> Optional[str]:
+    """The canonical <cpu><numa> of *text*, or None."""
+    cpu_el = parse_domain(text).find("cpu")
+    numa = None if cpu_el is None else cpu_el.find("numa")
+    if numa is None:
+        return None
+    _strip_whitespace(numa)
+    numa.tail = None
+    return etree.tostring(numa, method="c14n").decode("utf-8")
+
+
+def outside_cpu_differences(before: str, after: str, limit: int = 40) -> List[str]:
+    """Unified-diff lines of everything but <cpu> (and <cpu><numa> when it changed); [] when equal."""
+    lines = list(difflib.unified_diff(without_cpu(before).splitlines(), without_cpu(after).splitlines(),
+                                      "before", "after", lineterm="", n=1))
+    if numa_of(before) != numa_of(after):
+        lines += ["<cpu><numa> before: %s" % numa_of(before), "<cpu><numa> after: %s" % numa_of(after)]
+    return lines[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# running guests
+
+
+def _feature_matches_live(policy: str, live_policy: Optional[str]) -> bool:
+    if policy in ("disable", "forbid"):
+        return live_policy in (None, "disable")
+    if policy in ("require", "force"):
+        # a feature the hypervisor cannot give comes up disabled (host-model); that is not pending
+        return live_policy in ("require", "force", "disable")
+    return True
+
+
+def live_matches_definition(definition: CPUDict, live: CPUDict, virt_type: str = "kvm",
+                            libvirt_version: Optional[Tuple[int, ...]] = None,
+                            host_model_name: Optional[str] = None) -> bool:
+    """Whether a running guest's live CPU comes from *definition* (False: a restart is pending).
+
+    Compares what a start keeps from the definition: the mode family, the model (a custom
+    model's name; for host-model *host_model_name*, the model of this host's host-model CPU,
+    when known), topology, cache and maxphysaddr, and every feature the definition names.
+    """
+    wanted = normalize_cpu(definition, virt_type, libvirt_version)
+    running = normalize_cpu(live, virt_type, libvirt_version)
+    mode = wanted["mode"]
+    if mode in MIGRATABLE_MODES:
+        if running["mode"] != mode or running.get("migratable") != wanted.get("migratable"):
+            return False
+    elif running["mode"] not in ("custom", "host-model"):
+        return False
+    expected_model = wanted["model"].get("name") if mode == "custom" else host_model_name if mode == "host-model" else None
+    if expected_model is not None and running["mode"] == "custom" and running["model"].get("name") != expected_model:
+        return False
+    for key in MODE_INDEPENDENT_KEYS:
+        if wanted.get(key) != running.get(key):
+            return False
+    live_policies = {f["name"]: f["policy"] for f in running.get("features") or []}
+    return all(_feature_matches_live(f["policy"], live_policies.get(f["name"])) for f in wanted.get("features") or [])
+
+
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+
+def graceful_shutdown_possible(live_xml: str) -> bool:
+    """Whether a running guest can be asked to shut down: ACPI, or a connected guest agent."""
+    root = parse_domain(live_xml)
+    if root.find("features/acpi") is not None:
+        return True
+    return any(target.get("name") == GUEST_AGENT_CHANNEL and target.get("state") == "connected"
+               for target in root.iterfind("devices/channel/target"))

@@ -1,0 +1,289 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Will this host accept this CPU? Checks a CPU dict before anything is written.
+
+Pure functions over the CPU dict, one ``virt_types`` entry of the facts
+(``_facts.parse_domain_capabilities``) and libvirt's CPU map text. Each problem is one message
+that names it and the fix; ``validate_for_host`` returns them all at once (errors refuse the
+change, warnings are reported).
+
+What libvirt 9.0 does at start, and so what is an error here (measured on libvirt 9.0 / QEMU 7.2):
+
+* a mode the domain capabilities do not support: the start fails;
+* a model QEMU does not know: the start fails ("Unknown CPU model"), whatever ``fallback`` says;
+* a model marked ``usable='no'`` with ``check`` partial or full: the start fails ("Host CPU does
+  not provide required features: ...") unless the missing features are disabled; ``fallback``
+  does not help (it only replaces models the hypervisor does not know). With ``check='none'``
+  the guest starts and the features the host lacks are disabled: a warning;
+* a feature name libvirt's CPU map does not know: define accepts it, the start fails.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Set
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
+    CPUDict,
+    normalize_cpu,
+    validate_cpu,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
+    KNOWN_FIXES,
+    custom_model,
+    host_model_cpu,
+    mode_supported,
+    usable_models,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
+
+CPU_MAP_DIR = "/usr/share/libvirt/cpu_map"
+# The file of libvirt's CPU map that lists an architecture's feature names.
+FEATURE_FILES = {"x86_64": "x86_features.xml", "i686": "x86_features.xml", "aarch64": "arm_features.xml"}
+REQUIRED_FEATURES_MARK = "does not provide required features:"
+FORBIDDEN_FEATURES_MARKS = ("provides forbidden features:", "provides forbidden feature")
+DISABLING_POLICIES = ("disable", "forbid")
+MAX_LISTED = 30
+
+
+class CPUValidationError(CPUError):
+    """The CPU cannot be used for this domain on this host; the message lists every reason."""
+
+
+class KnownFeatures(NamedTuple):
+    """Feature names libvirt knows for an architecture, and QEMU's aliases for them."""
+    names: FrozenSet[str]
+    aliases: Dict[str, str]
+    source: str
+
+
+class Findings(NamedTuple):
+    errors: List[str]
+    warnings: List[str]
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def feature_file(arch: Optional[str]) -> Optional[str]:
+    """The CPU map file with the feature names of *arch*, or None when libvirt has none."""
+    name = FEATURE_FILES.get(arch or "")
+    return None if name is None else "%s/%s" % (CPU_MAP_DIR, name)
+
+
+def known_features(cpu_map_xml: str, source: str = "libvirt's CPU map") -> KnownFeatures:
+    """Feature names (and ``<alias source='qemu'>`` names) of a ``cpu_map/*_features.xml``."""
+    root = parse_xml(cpu_map_xml, source)
+    names = set()
+    aliases = {}
+    for feature_el in root.iter("feature"):
+        name = feature_el.get("name")
+        if not name:
+            continue
+        names.add(name)
+        for alias_el in feature_el.findall("alias"):
+            if alias_el.get("name"):
+                aliases[alias_el.get("name")] = name
+    return KnownFeatures(frozenset(names), aliases, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# wording
+
+
+def _quoted(names: Sequence[str]) -> str:
+    shown = ["'%s'" % name for name in names[:MAX_LISTED]]
+    if len(names) > MAX_LISTED:
+        shown.append("... (%d more)" % (len(names) - MAX_LISTED))
+    return ", ".join(shown)
+
+
+def did_you_mean(name: str, candidates: Sequence[str]) -> str:
+    """"; did you mean 'x'?" for the closest candidates, or ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    if not close:
+        lowered = {candidate.lower(): candidate for candidate in candidates}
+        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    if not close:
+        return ""
+    return "; did you mean %s?" % " or ".join("'%s'" % item for item in close)
+
+
+def _where(virt_type: str, entry: Dict[str, Any]) -> str:
+    return "%s guests on this host (%s, machine %s)" % (virt_type, entry.get("emulator") or "QEMU", entry.get("machine") or "default")
+
+
+def _features_mapping(names: Sequence[str], policy: str = "disable") -> str:
+    return "{%s}" % ", ".join("%s: %s" % (name, policy) for name in names)
+
+
+# ---------------------------------------------------------------------------------------------
+# single checks
+
+
+def check_definition(cpu: CPUDict) -> List[str]:
+    """libvirt's grammar (``_cpu_model.validate_cpu``): match outside custom, vendor without model, ..."""
+    try:
+        validate_cpu(cpu)
+    except CPUError as exc:
+        return [str(exc)]
+    return []
+
+
+def check_mode(normalized: CPUDict, virt_type: str, entry: Dict[str, Any]) -> List[str]:
+    mode = normalized["mode"]
+    if not mode_supported(entry, mode):
+        supported = [name for name, value in entry["modes"].items() if value.get("supported")]
+        return ["CPU mode '%s' is not supported for %s; use one of the supported modes: %s"
+                % (mode, _where(virt_type, entry), ", ".join(supported) or "none")]
+    migratable = normalized.get("migratable")
+    offered = entry["modes"][mode].get("migratable") or []
+    if migratable is not None and offered and ("on" if migratable else "off") not in offered:
+        return ["migratable: %s is not supported with mode %s for %s; libvirt offers migratable %s"
+                % ("true" if migratable else "false", mode, _where(virt_type, entry), " or ".join(offered))]
+    return []
+
+
+def _disabled_names(cpu: CPUDict) -> List[str]:
+    return [f["name"] for f in cpu.get("features") or [] if (f.get("policy") or "require") in DISABLING_POLICIES]
+
+
+def _usable_hint(entry: Dict[str, Any]) -> str:
+    usable = usable_models(entry)
+    return "models usable here: %s" % (", ".join(usable) if usable else "none (use host-model or check: none)")
+
+
+def _unusable_model(name: str, model: Dict[str, Any], normalized: CPUDict, virt_type: str,
+                    entry: Dict[str, Any]) -> Findings:
+    where = _where(virt_type, entry)
+    disabled = set(_disabled_names(normalized))
+    if normalized["check"] == "none":
+        return Findings([], ["CPU model '%s' is not fully usable for %s: with check 'none' the guest starts with the "
+                             "features the host lacks disabled" % (name, where)])
+    blockers = model.get("blockers")
+    if blockers is not None:
+        missing = [feature for feature in blockers if feature not in disabled]
+        if not missing:
+            return Findings([], [])
+        return Findings(["CPU model '%s' needs features the host does not provide for %s: %s. Disable them "
+                         "(features: %s), set check: none, or pick another model; %s"
+                         % (name, where, ", ".join(missing), _features_mapping(missing), _usable_hint(entry))], [])
+    if disabled:
+        return Findings([], ["CPU model '%s' is marked not usable for %s and libvirt does not say which features "
+                             "block it; whether the features disabled here (%s) are enough shows at the next start"
+                             % (name, where, ", ".join(sorted(disabled)))])
+    return Findings(["CPU model '%s' is not usable for %s (domain capabilities: usable='no'), and with check '%s' "
+                     "libvirt refuses to start a guest whose CPU needs features the host lacks. Pick a usable model, "
+                     "disable the missing features (the start error names them), or set check: none to have them "
+                     "disabled at start; %s" % (name, where, normalized["check"], _usable_hint(entry))], [])
+
+
+def check_model(normalized: CPUDict, virt_type: str, entry: Dict[str, Any]) -> Findings:
+    """A custom CPU's model must be known to QEMU and usable (or its blockers disabled)."""
+    if normalized["mode"] != "custom":
+        return Findings([], [])
+    name = normalized["model"]["name"]
+    known = [model["name"] for model in entry["modes"]["custom"]["models"]]
+    if not known:
+        return Findings([], [])
+    model = custom_model(entry, name)
+    if model is None:
+        return Findings(["CPU model '%s' is not known to QEMU for %s%s; %s"
+                         % (name, _where(virt_type, entry), did_you_mean(name, known), _usable_hint(entry))], [])
+    if model.get("usable") is False:
+        return _unusable_model(name, model, normalized, virt_type, entry)
+    return Findings([], [])
+
+
+def _feature_suggestion(name: str, names: Set[str], known: KnownFeatures) -> str:
+    """Close libvirt names first; else the libvirt names of close QEMU aliases."""
+    suggestion = did_you_mean(name, sorted(names))
+    if suggestion:
+        return suggestion
+    close_aliases = difflib.get_close_matches(name, sorted(known.aliases), n=3, cutoff=0.6)
+    libvirt_names = list(dict.fromkeys(known.aliases[alias] for alias in close_aliases))
+    return did_you_mean(name, libvirt_names) if not libvirt_names else "; did you mean %s?" % " or ".join(
+        "'%s'" % item for item in libvirt_names)
+
+
+def check_feature_names(cpu: CPUDict, known: Optional[KnownFeatures], entry: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Every feature name must be one libvirt knows (its CPU map, or this host's host-model CPU)."""
+    if known is None:
+        return []
+    host_model = host_model_cpu(entry) if entry else None
+    names = set(known.names) | {f["name"] for f in (host_model or {}).get("features") or []}
+    errors = []
+    for feature in cpu.get("features") or []:
+        name = feature.get("name")
+        if not isinstance(name, str) or name in names:
+            continue
+        if name in known.aliases:
+            errors.append("CPU feature '%s' is QEMU's name; libvirt calls it '%s': use name: %s"
+                          % (name, known.aliases[name], known.aliases[name]))
+        else:
+            errors.append("unknown CPU feature '%s' (not in %s)%s" % (name, known.source, _feature_suggestion(name, names, known)))
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# all checks
+
+
+def validate_for_host(cpu: CPUDict, virt_type: str, entry: Optional[Dict[str, Any]] = None,
+                      known: Optional[KnownFeatures] = None, libvirt_version: Optional[Sequence[int]] = None) -> Findings:
+    """Every reason this host would refuse *cpu* for a domain of *virt_type*, and the warnings.
+
+    *entry* is the domain capabilities entry for the domain's emulator, arch, machine and virt
+    type (None: only the grammar and the feature names are checked).
+    """
+    errors = check_definition(cpu)
+    if errors:
+        return Findings(errors, [])
+    errors = check_feature_names(cpu, known, entry)
+    warnings: List[str] = []
+    if entry is not None:
+        normalized = normalize_cpu(cpu, virt_type, tuple(libvirt_version) if libvirt_version else None)
+        errors += check_mode(normalized, virt_type, entry)
+        if not errors:
+            model_findings = check_model(normalized, virt_type, entry)
+            errors += model_findings.errors
+            warnings += model_findings.warnings
+    return Findings(errors, warnings)
+
+
+def raise_for(findings_by_domain: Dict[str, Findings]) -> None:
+    """One CPUValidationError listing every domain's errors, when there are any."""
+    problems = ["%s: %s" % (name, error) for name, findings in findings_by_domain.items() for error in findings.errors]
+    if problems:
+        raise CPUValidationError("nothing was changed: %s" % " | ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# after a failed start
+
+
+def _listed_features(message: str, marker: str) -> List[str]:
+    """The comma-separated names after *marker* (matched case-insensitively) in *message*."""
+    tail = message[message.lower().index(marker) + len(marker):].split("\n", 1)[0]
+    return [name.strip().strip("'.") for name in tail.split(",") if name.strip().strip("'.")]
+
+
+def start_failure_hint(message: str) -> str:
+    """What to change when libvirt or QEMU refused to start a guest with its new CPU ('' if unknown)."""
+    lowered = message.lower()
+    for fix in KNOWN_FIXES:
+        if any(marker in lowered for marker in fix["markers"]):
+            return ("QEMU cannot give the feature '%s' on this host (nested KVM refuses its MSR); disable it: "
+                    "features: {%s: disable}" % (fix["feature"], fix["feature"]))
+    if REQUIRED_FEATURES_MARK in lowered:
+        missing = _listed_features(message, REQUIRED_FEATURES_MARK)
+        return ("the host does not provide %s: disable them (features: %s), set check: none, or pick a model "
+                "the host can run" % (", ".join(missing), _features_mapping(missing)))
+    for marker in FORBIDDEN_FEATURES_MARKS:
+        if marker in lowered:
+            present = _listed_features(message, marker)
+            return ("the host has %s, which the CPU forbids: use policy disable instead of forbid (features: %s)"
+                    % (", ".join(present), _features_mapping(present)))
+    return ""
