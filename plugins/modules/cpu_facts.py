@@ -10,7 +10,7 @@ short_description: Probe the CPU a libvirt host gives its guests
 version_added: 1.0.0
 description:
   - Reads the host CPU from libvirt's capabilities and, per virt type (V(kvm) when KVM is usable,
-    V(qemu) (TCG) whenever QEMU is installed), the domain capabilities: which CPU modes are
+    V(qemu) (TCG) whenever QEMU is installed), the domain capabilities, that is which CPU modes are
     supported, the host-model CPU, the named models and whether each is usable.
   - Asks libvirt to expand the host-model CPU with every feature of its model (plain and
     migratable), so the CPU a C(host-model) guest will really run with can be computed without
