@@ -291,6 +291,16 @@ def merge_base(current: CPUDict, virt_type: str, libvirt_version: Optional[Tuple
     return copy.deepcopy(current)
 
 
+def _drop_carried_passthrough_cache(desired: CPUDict, wanted: CPUDict) -> CPUDict:
+    """A ``cache mode='passthrough'`` carried over from host-passthrough/maximum into another mode
+    is dropped: libvirt refuses it there ("can only be used with 'host-passthrough' / 'maximum'")
+    and the task did not ask for it."""
+    cache = desired.get("cache") or {}
+    if "cache" not in wanted and cache.get("mode") == "passthrough" and desired.get("mode") not in MIGRATABLE_MODES:
+        desired = {key: value for key, value in desired.items() if key != "cache"}
+    return desired
+
+
 def plan_cpu(current: CPUDict, wanted: CPUDict, state: str = "present", features_mode: str = "merge",
              virt_type: str = "kvm", libvirt_version: Optional[Tuple[int, ...]] = None) -> CPUPlan:
     """Decide the CPU to write and whether that changes what libvirt stores."""
@@ -298,7 +308,8 @@ def plan_cpu(current: CPUDict, wanted: CPUDict, state: str = "present", features
         desired: Optional[CPUDict] = None
         desired_normalized = normalize_cpu(NO_CPU, virt_type, libvirt_version)
     else:
-        desired = merge_cpu(merge_base(current, virt_type, libvirt_version), wanted, features_mode)
+        desired = _drop_carried_passthrough_cache(merge_cpu(merge_base(current, virt_type, libvirt_version), wanted,
+                                                            features_mode), wanted)
         desired_normalized = normalize_cpu(desired, virt_type, libvirt_version)
     current_normalized = normalize_cpu(current, virt_type, libvirt_version)
     return CPUPlan(current=ordered(current), desired=desired, changed=current_normalized != desired_normalized,

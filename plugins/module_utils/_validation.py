@@ -11,10 +11,17 @@ What libvirt 9.0 does at start, and so what is an error here (measured on libvir
 
 * a mode the domain capabilities do not support: the start fails;
 * a model QEMU does not know: the start fails ("Unknown CPU model"), whatever ``fallback`` says;
-* a model marked ``usable='no'`` with ``check`` partial or full: the start fails ("Host CPU does
-  not provide required features: ...") unless the missing features are disabled; ``fallback``
-  does not help (it only replaces models the hypervisor does not know). With ``check='none'``
-  the guest starts and the features the host lacks are disabled: a warning;
+* with ``check='partial'`` (libvirt's default for host-model, and for custom under kvm) libvirt
+  compares the CPU with its "full" host CPU before starting (qemuProcessUpdateGuestCPU) and
+  refuses features the host lacks ("Host CPU does not provide required features: svm") or
+  forbidden features it has. That full host CPU is, for kvm, the host's CPUID CPU
+  (``compareCPU``'s host) plus every required feature of the expanded host-model CPU, and for
+  qemu (TCG) the host-model CPU (``compareHypervisorCPU``'s). The module asks libvirt for that
+  comparison; ``start_compare_error`` reads the answer. ``usable='no'`` in the domain
+  capabilities does not predict it (Westmere and kvm64 are usable='no' here and start under
+  kvm); ``fallback`` does not help either (it only replaces models the hypervisor does not
+  know). With ``check='none'`` a usable='no' model starts with the missing features disabled:
+  a warning;
 * a feature name libvirt's CPU map does not know: define accepts it, the start fails.
 """
 
@@ -24,7 +31,9 @@ import difflib
 from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Set
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
+    MIGRATABLE_MODES,
     CPUDict,
+    cpu_from_xml,
     normalize_cpu,
     validate_cpu,
 )
@@ -111,7 +120,7 @@ def did_you_mean(name: str, candidates: Sequence[str]) -> str:
     return "; did you mean %s?" % " or ".join("'%s'" % item for item in close)
 
 
-def _where(virt_type: str, entry: Dict[str, Any]) -> str:
+def target_text(virt_type: str, entry: Dict[str, Any]) -> str:
     return "%s guests on this host (%s, machine %s)" % (virt_type, entry.get("emulator") or "QEMU", entry.get("machine") or "default")
 
 
@@ -137,12 +146,12 @@ def check_mode(normalized: CPUDict, virt_type: str, entry: Dict[str, Any]) -> Li
     if not mode_supported(entry, mode):
         supported = [name for name, value in entry["modes"].items() if value.get("supported")]
         return ["CPU mode '%s' is not supported for %s; use one of the supported modes: %s"
-                % (mode, _where(virt_type, entry), ", ".join(supported) or "none")]
+                % (mode, target_text(virt_type, entry), ", ".join(supported) or "none")]
     migratable = normalized.get("migratable")
     offered = entry["modes"][mode].get("migratable") or []
     if migratable is not None and offered and ("on" if migratable else "off") not in offered:
         return ["migratable: %s is not supported with mode %s for %s; libvirt offers migratable %s"
-                % ("true" if migratable else "false", mode, _where(virt_type, entry), " or ".join(offered))]
+                % ("true" if migratable else "false", mode, target_text(virt_type, entry), " or ".join(offered))]
     return []
 
 
@@ -155,33 +164,17 @@ def _usable_hint(entry: Dict[str, Any]) -> str:
     return "models usable here: %s" % (", ".join(usable) if usable else "none (use host-model or check: none)")
 
 
-def _unusable_model(name: str, model: Dict[str, Any], normalized: CPUDict, virt_type: str,
-                    entry: Dict[str, Any]) -> Findings:
-    where = _where(virt_type, entry)
-    disabled = set(_disabled_names(normalized))
-    if normalized["check"] == "none":
-        return Findings([], ["CPU model '%s' is not fully usable for %s: with check 'none' the guest starts with the "
-                             "features the host lacks disabled" % (name, where)])
-    blockers = model.get("blockers")
-    if blockers is not None:
-        missing = [feature for feature in blockers if feature not in disabled]
-        if not missing:
-            return Findings([], [])
-        return Findings(["CPU model '%s' needs features the host does not provide for %s: %s. Disable them "
-                         "(features: %s), set check: none, or pick another model; %s"
-                         % (name, where, ", ".join(missing), _features_mapping(missing), _usable_hint(entry))], [])
-    if disabled:
-        return Findings([], ["CPU model '%s' is marked not usable for %s and libvirt does not say which features "
-                             "block it; whether the features disabled here (%s) are enough shows at the next start"
-                             % (name, where, ", ".join(sorted(disabled)))])
-    return Findings(["CPU model '%s' is not usable for %s (domain capabilities: usable='no'), and with check '%s' "
-                     "libvirt refuses to start a guest whose CPU needs features the host lacks. Pick a usable model, "
-                     "disable the missing features (the start error names them), or set check: none to have them "
-                     "disabled at start; %s" % (name, where, normalized["check"], _usable_hint(entry))], [])
+def _unusable_model(name: str, normalized: CPUDict, virt_type: str, entry: Dict[str, Any]) -> Findings:
+    """usable='no' alone does not predict a failed start (libvirt compares with its own host CPU,
+    see ``start_compare_error``); with check none it means features are silently disabled."""
+    if normalized["check"] != "none":
+        return Findings([], [])
+    return Findings([], ["CPU model '%s' is not fully usable for %s: with check 'none' the guest starts with the "
+                         "features the host lacks disabled" % (name, target_text(virt_type, entry))])
 
 
 def check_model(normalized: CPUDict, virt_type: str, entry: Dict[str, Any]) -> Findings:
-    """A custom CPU's model must be known to QEMU and usable (or its blockers disabled)."""
+    """A custom CPU's model must be known to QEMU; a usable='no' model with check none gets a warning."""
     if normalized["mode"] != "custom":
         return Findings([], [])
     name = normalized["model"]["name"]
@@ -190,10 +183,10 @@ def check_model(normalized: CPUDict, virt_type: str, entry: Dict[str, Any]) -> F
         return Findings([], [])
     model = custom_model(entry, name)
     if model is None:
-        return Findings(["CPU model '%s' is not known to QEMU for %s%s; %s"
-                         % (name, _where(virt_type, entry), did_you_mean(name, known), _usable_hint(entry))], [])
+        return Findings(["CPU model '%s' is not known to QEMU for %s%s (%s)"
+                         % (name, target_text(virt_type, entry), did_you_mean(name, known), _usable_hint(entry))], [])
     if model.get("usable") is False:
-        return _unusable_model(name, model, normalized, virt_type, entry)
+        return _unusable_model(name, normalized, virt_type, entry)
     return Findings([], [])
 
 
@@ -261,6 +254,45 @@ def raise_for(findings_by_domain: Dict[str, Findings]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# libvirt's pre-start comparison with the host CPU
+
+
+def needs_start_compare(normalized: CPUDict) -> bool:
+    """Whether libvirt compares this (normalised) CPU with the host CPU before a start."""
+    return normalized["mode"] not in MIGRATABLE_MODES and normalized.get("check") == "partial"
+
+
+def start_compare_error(message: Optional[str], provided_anyway: Sequence[str] = (),
+                        where: str = "this host", usable: Sequence[str] = ()) -> Optional[str]:
+    """The refusal libvirt will give at start, from a compareCPU/compareHypervisorCPU failure.
+
+    *provided_anyway*: features the hypervisor gives although the compared host CPU lacks them
+    (for kvm the required features of the expanded host-model CPU); required features among them
+    are no reason to refuse. None when nothing is left (or *message* is not a CPU incompatibility).
+    """
+    if not message or "incompatible with host cpu" not in message.lower():
+        return None
+    provided = set(provided_anyway)
+    usable_hint = "; models usable here: %s" % ", ".join(usable) if usable else ""
+    if REQUIRED_FEATURES_MARK in message.lower():
+        missing = [name for name in _listed_features(message, REQUIRED_FEATURES_MARK) if name not in provided]
+        if not missing:
+            return None
+        return ("libvirt would refuse to start it on %s: the host does not provide required features %s. Disable them "
+                "(features: %s), set check: none (they are then disabled at start), or pick another model%s"
+                % (where, ", ".join(missing), _features_mapping(missing), usable_hint))
+    reason = message.split(":", 1)[1].strip() if ":" in message else message
+    hint = start_failure_hint(message)
+    return "libvirt would refuse to start it on %s: %s%s" % (where, reason, (". Fix: %s" % hint) if hint else "")
+
+
+def forbidden_but_provided(normalized: CPUDict, provided_anyway: Sequence[str]) -> List[str]:
+    """Features the CPU forbids that the hypervisor gives anyway (libvirt refuses the start)."""
+    provided = set(provided_anyway)
+    return [f["name"] for f in normalized.get("features") or [] if f.get("policy") == "forbid" and f["name"] in provided]
+
+
+# ---------------------------------------------------------------------------------------------
 # after a failed start
 
 
@@ -287,3 +319,10 @@ def start_failure_hint(message: str) -> str:
             return ("the host has %s, which the CPU forbids: use policy disable instead of forbid (features: %s)"
                     % (", ".join(present), _features_mapping(present)))
     return ""
+
+
+def required_feature_names(cpu_xml: Optional[str]) -> List[str]:
+    """Names of the features with policy require in a <cpu> XML (an expanded host-model CPU)."""
+    if not cpu_xml:
+        return []
+    return [f["name"] for f in cpu_from_xml(cpu_xml).get("features") or [] if (f.get("policy") or "require") == "require"]

@@ -300,7 +300,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
     require_libraries,
     resolve_uri,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import ordered, parse_version
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_to_xml, ordered, parse_version
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     CPUPlan,
     DomainInfo,
@@ -320,14 +320,24 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     replace_cpu,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import host_model_cpu, parse_domain_capabilities
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
+    host_model_as_custom_xml,
+    host_model_cpu,
+    parse_domain_capabilities,
+    usable_models,
+)
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import (
     Findings,
     KnownFeatures,
     feature_file,
+    forbidden_but_provided,
     known_features,
+    needs_start_compare,
     raise_for,
+    required_feature_names,
+    start_compare_error,
     start_failure_hint,
+    target_text,
     validate_for_host,
 )
 
@@ -341,6 +351,8 @@ SINGLE_CPU_OPTIONS = ("mode", "match", "check", "migratable", "model", "fallback
 STATE_NAMES = {1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shutoff", 6: "crashed", 7: "pmsuspended"}
 DESTROY_AT_ONCE_STATES = ("paused", "pmsuspended", "crashed")
 POLL_SECONDS = 0.2
+# Virt types whose full host CPU is the CPUID host CPU (virQEMUCapsTypeIsAccelerated).
+ACCELERATED = ("kvm",)
 
 
 class CPUJob(NamedTuple):
@@ -473,30 +485,88 @@ def read_job(conn, name: str, uri: str, wanted: Dict[str, Any], params: Dict[str
     return CPUJob(name, domain, text, info, plan, state, live)
 
 
-def capabilities_entry(conn, info: DomainInfo, cache: Dict[Tuple, Any]) -> Dict[str, Any]:
-    key = (info.emulator, info.arch, info.machine, info.virt_type)
-    if key not in cache:
-        xml = call("reading the domain capabilities for %s guests (emulator %s, arch %s, machine %s)"
-                   % (info.virt_type, info.emulator, info.arch, info.machine),
-                   conn.getDomainCapabilities, info.emulator, info.arch, info.machine, info.virt_type, 0)
-        cache[key] = parse_domain_capabilities(xml)
-    return cache[key]
+class HostChecks:
+    """The libvirt answers validation needs, each asked once per emulator/arch/machine/virt type."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.entries: Dict[Tuple, Any] = {}
+        self.provided: Dict[Tuple, List[str]] = {}
+        self.compared: Dict[Tuple, Optional[str]] = {}
+        self.features: Dict[str, Optional[KnownFeatures]] = {}
+
+    @staticmethod
+    def key(info: DomainInfo) -> Tuple:
+        return (info.emulator, info.arch, info.machine, info.virt_type)
+
+    def entry(self, info: DomainInfo) -> Dict[str, Any]:
+        key = self.key(info)
+        if key not in self.entries:
+            xml = call("reading the domain capabilities for %s guests (emulator %s, arch %s, machine %s)"
+                       % (info.virt_type, info.emulator, info.arch, info.machine),
+                       self.conn.getDomainCapabilities, info.emulator, info.arch, info.machine, info.virt_type, 0)
+            self.entries[key] = parse_domain_capabilities(xml)
+        return self.entries[key]
+
+    def provided_anyway(self, info: DomainInfo) -> List[str]:
+        """kvm: the required features of the expanded host-model CPU (part of libvirt's full host CPU)."""
+        key = self.key(info)
+        if key not in self.provided:
+            custom_xml = host_model_as_custom_xml(self.entry(info)) if info.virt_type in ACCELERATED else None
+            expanded = None
+            if custom_xml:
+                expanded = call("expanding the host-model CPU of %s guests" % info.virt_type, self.conn.baselineHypervisorCPU,
+                                info.emulator, info.arch, info.machine, info.virt_type, [custom_xml],
+                                libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES)
+            self.provided[key] = required_feature_names(expanded)
+        return self.provided[key]
+
+    def compare(self, info: DomainInfo, normalized: Dict[str, Any]) -> Optional[str]:
+        """libvirt's pre-start comparison of *normalized* with its full host CPU: the refusal or None."""
+        if not needs_start_compare(normalized):
+            return None
+        cpu_xml = cpu_to_xml(normalized)
+        key = self.key(info) + (cpu_xml,)
+        if key not in self.compared:
+            provided = self.provided_anyway(info)
+            try:
+                if info.virt_type in ACCELERATED:
+                    self.conn.compareCPU(cpu_xml, libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
+                else:
+                    self.conn.compareHypervisorCPU(info.emulator, info.arch, info.machine, info.virt_type, cpu_xml,
+                                                   libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
+                message = None
+            except libvirt.libvirtError as exc:
+                message = libvirt_message(exc)
+            entry = self.entry(info)
+            refusal = start_compare_error(message, provided, target_text(info.virt_type, entry), usable_models(entry))
+            forbidden = forbidden_but_provided(normalized, provided)
+            if refusal is None and forbidden:
+                refusal = ("libvirt would refuse to start it on %s: the hypervisor provides the forbidden features %s; "
+                           "use policy disable instead (features: {%s})"
+                           % (target_text(info.virt_type, entry), ", ".join(forbidden), ", ".join("%s: disable" % f for f in forbidden)))
+            self.compared[key] = refusal
+        return self.compared[key]
+
+    def validate(self, job: CPUJob, version: Tuple[int, int, int]) -> Findings:
+        try:
+            entry = self.entry(job.info)
+        except CPUError as exc:
+            return Findings([str(exc)], [])
+        known = read_known_features(job.info.arch, self.features)
+        findings = validate_for_host(job.plan.desired, job.info.virt_type, entry, known, version)
+        if findings.errors:
+            return findings
+        refusal = self.compare(job.info, job.plan.desired_normalized)
+        return Findings([refusal] if refusal else [], findings.warnings)
 
 
-def validate_jobs(conn, jobs: List[CPUJob], caps: Dict[Tuple, Any], version: Tuple[int, int, int]) -> List[str]:
+def validate_jobs(checks: HostChecks, jobs: List[CPUJob], version: Tuple[int, int, int]) -> List[str]:
     """Check every planned CPU; raise (nothing written) when any domain's fails; return the warnings."""
     findings: Dict[str, Findings] = {}
-    feature_cache: Dict[str, Optional[KnownFeatures]] = {}
     for job in jobs:
-        if not job.plan.changed or job.plan.desired is None:
-            continue
-        try:
-            entry = capabilities_entry(conn, job.info, caps)
-        except CPUError as exc:
-            findings[job.name] = Findings([str(exc)], [])
-            continue
-        known = read_known_features(job.info.arch, feature_cache)
-        findings[job.name] = validate_for_host(job.plan.desired, job.info.virt_type, entry, known, version)
+        if job.plan.changed and job.plan.desired is not None:
+            findings[job.name] = checks.validate(job, version)
     raise_for(findings)
     return ["%s: %s" % (name, warning) for name, found in findings.items() for warning in found.warnings]
 
@@ -593,9 +663,9 @@ def restart(conn, job: CPUJob, timeout: int) -> None:
 # results
 
 
-def host_model_name(conn, job: CPUJob, caps: Dict[Tuple, Any]) -> Optional[str]:
+def host_model_name(checks: HostChecks, job: CPUJob) -> Optional[str]:
     try:
-        cpu = host_model_cpu(capabilities_entry(conn, job.info, caps))
+        cpu = host_model_cpu(checks.entry(job.info))
     except CPUError:
         return None
     return ((cpu or {}).get("model") or {}).get("name")
@@ -623,7 +693,7 @@ class Runner:
         self.version = parse_version(call("reading the libvirt version", conn.getLibVersion))
         self.wanted = wanted
         self.features_mode = features_mode
-        self.caps: Dict[Tuple, Any] = {}
+        self.checks = HostChecks(conn)
         self.results: List[Dict[str, Any]] = []
         self.diffs: List[Dict[str, str]] = []
 
@@ -638,7 +708,7 @@ class Runner:
         if job.plan.changed:
             return True
         return not live_matches_definition(cpu_after, read_cpu(job.live_xml), job.info.virt_type, self.version,
-                                           host_model_name(self.conn, job, self.caps))
+                                           host_model_name(self.checks, job))
 
     def converge(self, job: CPUJob) -> None:
         check_mode = self.module.check_mode
@@ -663,13 +733,13 @@ class Runner:
             result["state"] = state_name(job.domain)
         if job.live_xml is not None:
             result["live_cpu"] = read_cpu(job.live_xml)
-        prediction = predicted_live(job, cpu_after, self.caps.get((job.info.emulator, job.info.arch, job.info.machine, job.info.virt_type)))
+        prediction = predicted_live(job, cpu_after, self.checks.entries.get(HostChecks.key(job.info)))
         if prediction is not None:
             result["predicted_live_cpu"] = prediction
 
     def run(self) -> None:
         jobs = self.read_all()
-        for warning in validate_jobs(self.conn, jobs, self.caps, self.version):
+        for warning in validate_jobs(self.checks, jobs, self.version):
             self.module.warn(warning)
         for job in jobs:
             self.converge(job)
