@@ -21,7 +21,7 @@ description:
     be given (O(capabilities_xml), O(domain_capabilities_xml)); then libvirt-python is not needed.
   - Sets the fact C(hostcpu).
 author:
-  - hostcpu.libvirt contributors
+  - hostcpu.libvirt maintainers (@hostcpu)
 extends_documentation_fragment:
   - hostcpu.libvirt.connection
 options:
@@ -58,8 +58,8 @@ options:
       - Per virt type, the output of C(virsh domcapabilities --virttype <type>) to read instead of
         asking libvirt. Needs no libvirt connection.
       - Each key must be the virt type named by the XML's C(<domain>) element.
-      - The expansions (RV(ansible_facts.hostcpu.virt_types.kvm.host_model_expanded) and friends)
-        need libvirt and are V(null) then.
+      - The expansions (C(host_model_expanded), C(host_model_migratable), C(non_migratable_features))
+        need libvirt and are V(null) then, as are the versions.
       - Cannot be combined with O(uri) or O(verify_modes).
     type: dict
 notes:
@@ -67,10 +67,14 @@ notes:
   - Supports check mode and runs the same in it.
 attributes:
   check_mode:
+    description: Can run in check mode and return the facts it would set.
     support: full
+    details: Runs exactly as without check mode; O(verify_modes) still starts its transient guests, which leave nothing behind.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
   facts:
+    description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
     support: full
 """
 
