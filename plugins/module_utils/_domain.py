@@ -398,21 +398,35 @@ def outside_cpu_differences(before: str, after: str, limit: int = 40) -> List[st
 
 def _feature_matches_live(policy: str, live_policy: Optional[str]) -> bool:
     if policy in ("disable", "forbid"):
-        return live_policy in (None, "disable")
+        return live_policy in (None, "disable", "forbid")
     if policy in ("require", "force"):
         # a feature the hypervisor cannot give comes up disabled (host-model); that is not pending
         return live_policy in ("require", "force", "disable")
     return True
 
 
+def _expected_live_model(wanted: CPUDict, host_model: Optional[CPUDict]) -> Tuple[Optional[str], Optional[str]]:
+    """(model name, vendor) a guest started from *wanted* runs with; None where unknown."""
+    host_model = host_model or {}
+    if wanted["mode"] == "host-model":
+        return (host_model.get("model") or {}).get("name"), host_model.get("vendor")
+    if wanted["mode"] == "custom" and wanted.get("match") == "minimum":
+        # the host-model's model replaces it; libvirt 9.0 printed no vendor for these guests
+        return (host_model.get("model") or {}).get("name"), None
+    if wanted["mode"] == "custom":
+        return wanted["model"].get("name"), wanted.get("vendor")
+    return None, None
+
+
 def live_matches_definition(definition: CPUDict, live: CPUDict, virt_type: str = "kvm",
                             libvirt_version: Optional[Tuple[int, ...]] = None,
-                            host_model_name: Optional[str] = None) -> bool:
+                            host_model: Optional[CPUDict] = None) -> bool:
     """Whether a running guest's live CPU comes from *definition* (False: a restart is pending).
 
-    Compares what a start keeps from the definition: the mode family, the model (a custom
-    model's name; for host-model *host_model_name*, the model of this host's host-model CPU,
-    when known), topology, cache and maxphysaddr, and every feature the definition names.
+    Compares what a start keeps from the definition: the mode family, the model and vendor (a
+    custom model's own; for host-model and match minimum those of *host_model*, this host's
+    host-model CPU, when known), topology, cache and maxphysaddr, and every feature the
+    definition names (a required feature the hypervisor cannot give comes up disabled).
     """
     wanted = normalize_cpu(definition, virt_type, libvirt_version)
     running = normalize_cpu(live, virt_type, libvirt_version)
@@ -422,9 +436,12 @@ def live_matches_definition(definition: CPUDict, live: CPUDict, virt_type: str =
             return False
     elif running["mode"] not in ("custom", "host-model"):
         return False
-    expected_model = wanted["model"].get("name") if mode == "custom" else host_model_name if mode == "host-model" else None
-    if expected_model is not None and running["mode"] == "custom" and running["model"].get("name") != expected_model:
-        return False
+    if running["mode"] == "custom":
+        name, vendor = _expected_live_model(wanted, host_model)
+        if name is not None and running["model"].get("name") != name:
+            return False
+        if vendor is not None and running.get("vendor") != vendor:
+            return False
     for key in MODE_INDEPENDENT_KEYS:
         if wanted.get(key) != running.get(key):
             return False

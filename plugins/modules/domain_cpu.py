@@ -663,12 +663,11 @@ def restart(conn, job: CPUJob, timeout: int) -> None:
 # results
 
 
-def host_model_name(checks: HostChecks, job: CPUJob) -> Optional[str]:
+def host_model(checks: HostChecks, job: CPUJob) -> Optional[Dict[str, Any]]:
     try:
-        cpu = host_model_cpu(checks.entry(job.info))
+        return host_model_cpu(checks.entry(job.info))
     except CPUError:
         return None
-    return ((cpu or {}).get("model") or {}).get("name")
 
 
 def predicted_live(job: CPUJob, cpu_after: Dict[str, Any], entry: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -708,7 +707,7 @@ class Runner:
         if job.plan.changed:
             return True
         return not live_matches_definition(cpu_after, read_cpu(job.live_xml), job.info.virt_type, self.version,
-                                           host_model_name(self.checks, job))
+                                           host_model(self.checks, job))
 
     def converge(self, job: CPUJob) -> None:
         check_mode = self.module.check_mode

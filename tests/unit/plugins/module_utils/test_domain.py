@@ -1,0 +1,323 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""_domain on domain XML that libvirt and virt-install printed.
+
+* tests/unit/fixtures/domain: whole domains (virt-install output, libvirt's inactive XML, and
+  libvirt's inactive XML after defining the edit _domain made), see its README.md;
+* tests/unit/fixtures/real/define: <cpu> elements libvirt stored and the live CPUs it started.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_from_xml, normalize_cpu
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
+    DomainXMLError,
+    apply_plan,
+    cpu_diff,
+    cpu_element_text,
+    cpu_from_options,
+    cpu_from_whole,
+    cpu_span,
+    domain_info,
+    effective_features_mode,
+    graceful_shutdown_possible,
+    is_libvirt_default,
+    kept_cpu_children,
+    live_matches_definition,
+    merge_base,
+    numa_of,
+    outside_cpu_differences,
+    plan_cpu,
+    predicted_cpu_text,
+    read_cpu,
+    replace_cpu,
+    without_cpu,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import host_model_cpu, parse_domain_capabilities
+
+FIXTURES = Path(__file__).resolve().parents[3] / "unit" / "fixtures"
+DOMAIN = FIXTURES / "domain"
+REAL = FIXTURES / "real"
+DEFINE = REAL / "define"
+VERSION = (9, 0, 0)
+CASES = json.loads((DOMAIN / "cases.json").read_text())
+LIBVIRT_DEFAULT = {"mode": "custom", "match": "exact", "check": "none", "model": {"name": "qemu64", "fallback": "forbid"}}
+
+
+def fixture(case: str, kind: str) -> str:
+    return (DOMAIN / ("%s.%s.xml" % (case, kind))).read_text()
+
+
+def plan_for(case: str):
+    inactive = fixture(case, "inactive")
+    wish = CASES[case]
+    return inactive, plan_cpu(read_cpu(inactive), wish["wish"], "present", wish["features_mode"],
+                              domain_info(inactive).virt_type, VERSION)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def test_domain_info_reads_where_the_cpu_runs():
+    info = domain_info(fixture("qemu-custom-uefi", "inactive"))
+    assert (info.name, info.virt_type, info.arch) == ("hostcpu-fixture-qemu-custom-uefi", "qemu", "x86_64")
+    assert info.machine.startswith("pc-q35-") and info.emulator == "/usr/bin/qemu-system-x86_64"
+
+
+def test_read_cpu_of_a_domain_and_of_one_without_cpu():
+    assert read_cpu(fixture("kvm-passthrough", "inactive")) == {
+        "mode": "host-passthrough", "check": "none", "migratable": False, "cache": {"mode": "passthrough"}}
+    no_cpu = replace_cpu(fixture("kvm-passthrough", "inactive"), None)
+    assert read_cpu(no_cpu) == {} and cpu_span(no_cpu) is None
+
+
+def test_not_a_domain_is_refused_with_the_fix():
+    with pytest.raises(DomainXMLError, match="virsh dumpxml --inactive"):
+        read_cpu("<cpu mode='host-model'/>")
+
+
+def test_numa_is_a_kept_child_and_owned_children_are_not():
+    kept = kept_cpu_children(fixture("kvm-hostmodel-numa", "inactive"))
+    assert len(kept) == 1 and kept[0].startswith("<numa>") and kept[0].count("<cell ") == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# editing: only <cpu> changes, and libvirt stores exactly what was predicted
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_edit_changes_no_byte_outside_cpu(case):
+    inactive, plan = plan_for(case)
+    edited = apply_plan(inactive, plan)
+    span = cpu_span(inactive)
+    assert plan.changed
+    assert edited[:span.start] == inactive[:span.start]
+    assert edited.endswith(inactive[span.end:])
+    assert edited != inactive
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_libvirt_kept_everything_outside_cpu(case):
+    inactive = fixture(case, "inactive")
+    changed = fixture(case, "changed.inactive")
+    assert without_cpu(inactive) == without_cpu(changed)
+    assert outside_cpu_differences(inactive, changed) == []
+    assert numa_of(inactive) == numa_of(changed)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_predicted_cpu_is_what_libvirt_stored_byte_for_byte(case):
+    inactive, plan = plan_for(case)
+    assert predicted_cpu_text(inactive, plan) == cpu_element_text(fixture(case, "changed.inactive"))
+    assert plan.desired_normalized == read_cpu(fixture(case, "changed.inactive"))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_second_run_on_what_libvirt_stored_changes_nothing(case):
+    changed = fixture(case, "changed.inactive")
+    wish = CASES[case]
+    plan = plan_cpu(read_cpu(changed), wish["wish"], "present", wish["features_mode"], domain_info(changed).virt_type, VERSION)
+    assert not plan.changed
+    assert apply_plan(changed, plan) is changed
+
+
+def test_numa_survives_a_mode_change_and_removal():
+    inactive = fixture("kvm-hostmodel-numa", "inactive")
+    removed = replace_cpu(inactive, None)
+    assert numa_of(removed) == numa_of(inactive)
+    assert read_cpu(removed) == {}
+    assert "<cpu>\n    <numa>" in removed
+
+
+def test_virt_install_xml_with_double_quotes_is_edited_in_place():
+    given = fixture("kvm-hostmodel-numa", "given")
+    edited = replace_cpu(given, {"mode": "host-passthrough"})
+    assert '<cpu mode=\'host-passthrough\'>\n    <numa>\n      <cell cpus="0-1" memory="131072"/>' in edited
+    assert without_cpu(edited) == without_cpu(given)
+
+
+def test_comments_cdata_and_tricky_attributes_outside_cpu_are_kept():
+    inactive = fixture("kvm-passthrough", "inactive")
+    tricky = inactive.replace("<name>", "<!-- a <cpu mode='maximum'/> in a comment -->\n  <name>", 1).replace(
+        "<on_poweroff>", "<description><![CDATA[<cpu/> </cpu>]]></description>\n  <on_poweroff>", 1).replace(
+        "<clock offset='utc'>", "<clock offset='utc' x-note='a>b'>", 1)
+    edited = replace_cpu(tricky, {"mode": "maximum"})
+    assert read_cpu(edited) == {"mode": "maximum"}
+    assert "<!-- a <cpu mode='maximum'/> in a comment -->" in edited and "<![CDATA[<cpu/> </cpu>]]>" in edited
+    assert without_cpu(edited) == without_cpu(tricky)
+
+
+@pytest.mark.parametrize("case", ["kvm-passthrough", "qemu-custom-uefi"])
+def test_inserting_into_a_domain_without_cpu_puts_it_where_libvirt_prints_it(case):
+    inactive = fixture(case, "inactive")
+    removed = replace_cpu(inactive, None)
+    assert "<cpu" not in removed
+    assert replace_cpu(removed, read_cpu(inactive)) == inactive
+
+
+def test_removing_without_numa_drops_the_whole_line():
+    inactive = fixture("kvm-passthrough", "inactive")
+    removed = replace_cpu(inactive, None)
+    assert "  </features>\n  <clock offset='utc'>" in removed
+    assert replace_cpu(removed, None) == removed
+
+
+# ---------------------------------------------------------------------------------------------
+# planning
+
+
+def test_absent_on_libvirts_default_cpu_changes_nothing_and_on_others_it_does():
+    default = cpu_from_xml((DEFINE / "kvm-no-cpu.inactive.xml").read_text())
+    assert default == LIBVIRT_DEFAULT
+    for virt_type in ("kvm", "qemu"):
+        assert not plan_cpu(default, {}, "absent", virt_type=virt_type, libvirt_version=VERSION).changed
+        assert not plan_cpu({}, {}, "absent", virt_type=virt_type, libvirt_version=VERSION).changed
+    plan = plan_cpu({"mode": "host-model", "check": "partial"}, {}, "absent", virt_type="kvm", libvirt_version=VERSION)
+    assert plan.changed and plan.desired is None and plan.desired_normalized == LIBVIRT_DEFAULT
+
+
+def test_qemu_domains_without_cpu_store_the_same_default():
+    assert cpu_from_xml((DEFINE / "qemu-no-cpu.inactive.xml").read_text()) == LIBVIRT_DEFAULT
+    assert is_libvirt_default(LIBVIRT_DEFAULT, "qemu", VERSION)
+
+
+def test_a_wish_on_libvirts_default_starts_from_scratch_but_keeps_topology():
+    stored = cpu_from_xml((DEFINE / "kvm-c-topology-only.inactive.xml").read_text())
+    assert is_libvirt_default(stored, "kvm", VERSION)
+    base = merge_base(stored, "kvm", VERSION)
+    assert base == {"topology": stored["topology"]}
+    plan = plan_cpu(stored, {"model": {"name": "EPYC"}}, virt_type="kvm", libvirt_version=VERSION)
+    assert plan.desired_normalized["model"] == {"name": "EPYC", "fallback": "allow"}
+    assert plan.desired_normalized["check"] == "partial"
+    assert plan.desired_normalized["topology"] == stored["topology"]
+
+
+def test_a_chosen_cpu_is_merged_onto_not_replaced():
+    stored = cpu_from_xml((DEFINE / "kvm-c-EPYC-disable-svm.inactive.xml").read_text())
+    assert not is_libvirt_default(stored, "kvm", VERSION)
+    plan = plan_cpu(stored, {"features": [{"name": "x2apic", "policy": "require"}]}, virt_type="kvm", libvirt_version=VERSION)
+    assert [f["name"] for f in plan.desired["features"]] == ["svm", "x2apic"]
+    replace = plan_cpu(stored, {"features": [{"name": "x2apic", "policy": "require"}]}, "present", "replace", "kvm", VERSION)
+    assert replace.desired["features"] == [{"name": "x2apic", "policy": "require"}]
+
+
+def test_passthrough_cache_carried_into_host_model_is_dropped_but_an_asked_one_is_kept():
+    stored = read_cpu(fixture("kvm-passthrough", "inactive"))
+    plan = plan_cpu(stored, {"mode": "host-model"}, virt_type="kvm", libvirt_version=VERSION)
+    assert "cache" not in plan.desired
+    asked = plan_cpu(stored, {"mode": "host-model", "cache": {"mode": "passthrough"}}, virt_type="kvm", libvirt_version=VERSION)
+    assert asked.desired["cache"] == {"mode": "passthrough"}
+
+
+ACCEPTED = sorted(path.name[:-len(".given.xml")] for path in DEFINE.glob("*.given.xml")
+                  if path.with_name(path.name.replace(".given.", ".inactive.")).exists())
+
+
+@pytest.mark.parametrize("case", ACCEPTED)
+def test_asking_for_the_given_cpu_again_is_no_change(case):
+    """For every <cpu> libvirt accepted: asking for it again (replace) on what libvirt stored changes nothing."""
+    virt_type = case.split("-", 1)[0]
+    stored = cpu_from_xml((DEFINE / (case + ".inactive.xml")).read_text())
+    given = cpu_from_xml((DEFINE / (case + ".given.xml")).read_text())
+    assert not plan_cpu(stored, given, "present", "replace", virt_type, VERSION).changed
+    assert not plan_cpu(stored, given, "present", "merge", virt_type, VERSION).changed
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+
+
+def test_single_options_become_a_cpu_dict():
+    options = {"mode": "custom", "model": "EPYC", "fallback": "forbid", "vendor_id": None, "check": None,
+               "topology": {"sockets": 1, "dies": None, "clusters": None, "cores": 2, "threads": 1},
+               "features": {"svm": "disable", "x2apic": "require"}}
+    assert cpu_from_options(options) == {
+        "mode": "custom", "topology": {"sockets": 1, "cores": 2, "threads": 1},
+        "model": {"name": "EPYC", "fallback": "forbid"},
+        "features": [{"name": "svm", "policy": "disable"}, {"name": "x2apic", "policy": "require"}]}
+
+
+def test_whole_cpu_accepts_a_feature_mapping_and_refuses_a_non_mapping():
+    assert cpu_from_whole({"mode": "host-model", "features": {"pcid": "disable"}, "check": None}) == {
+        "mode": "host-model", "features": [{"name": "pcid", "policy": "disable"}]}
+    with pytest.raises(DomainXMLError, match="must be a CPU mapping"):
+        cpu_from_whole("host-model")
+
+
+def test_features_mode_defaults_by_option_kind():
+    assert effective_features_mode(None, False) == "merge"
+    assert effective_features_mode(None, True) == "replace"
+    assert effective_features_mode("merge", True) == "merge"
+    with pytest.raises(DomainXMLError):
+        effective_features_mode("append", False)
+
+
+# ---------------------------------------------------------------------------------------------
+# reporting
+
+
+def test_diff_names_the_domain_and_shows_cpu_before_and_after():
+    inactive, plan = plan_for("qemu-custom-uefi")
+    diff = cpu_diff("web1", cpu_element_text(inactive), predicted_cpu_text(inactive, plan))
+    assert diff["before_header"].startswith("web1") and diff["after_header"].startswith("web1")
+    assert diff["before"].startswith("<cpu mode='custom'") and diff["after"] == "<cpu mode='maximum' check='none'/>\n"
+
+
+def test_changes_outside_cpu_are_reported():
+    inactive = fixture("kvm-hostmodel-numa", "inactive")
+    other = inactive.replace("<vcpu placement='static'>4</vcpu>", "<vcpu placement='static'>2</vcpu>")
+    lines = outside_cpu_differences(inactive, other)
+    assert any(line.startswith("-") and ">4</vcpu>" in line for line in lines)
+    renumbered = inactive.replace("memory='131072' unit='KiB'/>\n    </numa>", "memory='65536' unit='KiB'/>\n    </numa>")
+    assert any("<cpu><numa>" in line for line in outside_cpu_differences(inactive, renumbered))
+
+
+def test_graceful_shutdown_needs_acpi_or_a_connected_agent():
+    inactive = fixture("kvm-hostmodel-numa", "inactive")
+    assert graceful_shutdown_possible(inactive)
+    no_acpi = inactive.replace("    <acpi/>\n", "")
+    assert not graceful_shutdown_possible(no_acpi)
+    connected = no_acpi.replace("name='org.qemu.guest_agent.0'/>", "name='org.qemu.guest_agent.0' state='connected'/>")
+    assert graceful_shutdown_possible(connected)
+
+
+# ---------------------------------------------------------------------------------------------
+# live CPU vs definition (real started guests)
+
+
+def _host_model(virt_type: str) -> dict:
+    entry = parse_domain_capabilities((REAL / ("domcapabilities-%s.xml" % virt_type)).read_text())
+    return host_model_cpu(entry)
+
+
+STARTED = sorted(path.name[:-len(".live.xml")] for path in DEFINE.glob("*.live.xml"))
+
+
+@pytest.mark.parametrize("case", STARTED)
+def test_a_guest_started_from_its_definition_needs_no_restart(case):
+    virt_type = case.split("-", 1)[0]
+    definition = cpu_from_xml((DEFINE / (case + ".inactive.xml")).read_text())
+    live = cpu_from_xml((DEFINE / (case + ".live.xml")).read_text())
+    assert live_matches_definition(definition, live, virt_type, VERSION, _host_model(virt_type))
+
+
+@pytest.mark.parametrize("definition_case,live_case", [
+    ("kvm-c-pentium3", "kvm-c-EPYC-disable-svm"),      # other model
+    ("kvm-hm-noarch", "kvm-c-kvm64"),                  # custom guest, host-model definition: same model, no arch-cap disable
+    ("kvm-hp-noarch", "kvm-hm-noarch"),                # passthrough definition, host-model guest
+    ("qemu-max", "qemu-hm"),                           # maximum definition, host-model guest
+    ("kvm-hm-noarch-topology", "kvm-hm-noarch"),       # topology changed
+    ("qemu-hm-noarch-disable-has", "qemu-hm-noarch"),  # a feature newly disabled
+    ("qemu-hm", "qemu-c-Westmere"),                    # host-model definition, other model running
+])
+def test_a_guest_running_another_cpu_needs_a_restart(definition_case, live_case):
+    virt_type = definition_case.split("-", 1)[0]
+    definition = cpu_from_xml((DEFINE / (definition_case + ".inactive.xml")).read_text())
+    live = cpu_from_xml((DEFINE / (live_case + ".live.xml")).read_text())
+    assert not live_matches_definition(definition, live, virt_type, VERSION, _host_model(virt_type))
