@@ -82,52 +82,60 @@ def expand_host_model(conn, entry: Entry) -> Optional[Dict[str, str]]:
 # verify_modes
 
 
-def _remove_guest_log(conn, name: str) -> None:
-    """libvirtd keeps <name>.log of every transient guest; drop the verify guest's own log."""
+def guest_log_dir(conn) -> Optional[str]:
+    """Where libvirtd writes the QEMU log of each guest, when it is this host's system daemon."""
     try:
-        local_system = conn.getURI() == "qemu:///system"
+        return SYSTEM_GUEST_LOG_DIR if conn.getURI() == "qemu:///system" else None
     except libvirt.libvirtError:
-        return
-    path = os.path.join(SYSTEM_GUEST_LOG_DIR, name + ".log")
-    if local_system and os.path.isfile(path):
+        return None
+
+
+def _remove_guest_log(log_dir: Optional[str], name: str) -> None:
+    """libvirtd keeps <name>.log of every transient guest; drop the verify guest's own log."""
+    path = os.path.join(log_dir, name + ".log") if log_dir else None
+    if path and os.path.isfile(path):
         try:
             os.unlink(path)
         except OSError:
             pass
 
 
-def _destroy(domain) -> None:
+def _destroy(domain, name: str) -> None:
     try:
         domain.destroy()
     except libvirt.libvirtError as exc:
-        if domain.isActive():
+        try:
+            still_running = domain.isActive()
+        except libvirt.libvirtError:
+            still_running = False
+        if still_running:
             raise LibvirtCallError("destroying the verify guest '%s' failed: %s; remove it with 'virsh destroy %s'"
-                                   % (domain.name(), libvirt_message(exc), domain.name())) from None
+                                   % (name, libvirt_message(exc), name)) from None
 
 
-def start_paused_guest(conn, domain_xml: str, name: str) -> Tuple[Optional[str], Optional[str]]:
+def start_paused_guest(conn, domain_xml: str, name: str, log_dir: Optional[str] = None) -> Tuple[Optional[str], Optional[str]]:
     """Start a transient paused guest, read its live XML, destroy it: ``(live_xml, None)`` or ``(None, error)``."""
     try:
         domain = conn.createXML(domain_xml, libvirt.VIR_DOMAIN_START_PAUSED)
     except libvirt.libvirtError as exc:
-        _remove_guest_log(conn, name)
+        _remove_guest_log(log_dir, name)
         return None, libvirt_message(exc)
     try:
         return call("reading the live XML of the verify guest '%s'" % name, domain.XMLDesc, 0), None
     finally:
-        _destroy(domain)
-        _remove_guest_log(conn, name)
+        _destroy(domain, name)
+        _remove_guest_log(log_dir, name)
 
 
-def verify_mode(conn, entry: Entry, mode: str, token: str) -> Dict[str, Any]:
+def verify_mode(conn, entry: Entry, mode: str, token: str, log_dir: Optional[str] = None) -> Dict[str, Any]:
     """Start a guest with ``<cpu mode>``; when it fails and a known fix applies, retry once with it."""
     name = verify_guest_name(token, entry["domain_type"], mode)
-    first = start_paused_guest(conn, verify_domain_xml(entry, mode, name), name)
+    first = start_paused_guest(conn, verify_domain_xml(entry, mode, name), name, log_dir)
     retry = None
     features = fix_candidates(entry, first[1]) if first[0] is None else None
     if features:
         retry_name = name + "-fix"
-        retry = (features,) + start_paused_guest(conn, verify_domain_xml(entry, mode, retry_name, features), retry_name)
+        retry = (features,) + start_paused_guest(conn, verify_domain_xml(entry, mode, retry_name, features), retry_name, log_dir)
     return verified_result(first, retry)
 
 
@@ -144,8 +152,9 @@ def verify_entries(conn, entries: Dict[str, Entry], token: Optional[str] = None)
     results: Dict[str, Dict[str, Dict[str, Any]]] = {virt_type: {} for virt_type in entries}
     if not jobs:
         return results
+    log_dir = guest_log_dir(conn)
     with ThreadPoolExecutor(max_workers=min(len(jobs), MAX_PARALLEL_GUESTS)) as pool:
-        futures = {job: pool.submit(verify_mode, conn, entries[job[0]], job[1], token) for job in jobs}
+        futures = {job: pool.submit(verify_mode, conn, entries[job[0]], job[1], token, log_dir) for job in jobs}
     for (virt_type, mode), future in futures.items():
         results[virt_type][mode] = future.result()
     return results

@@ -30,6 +30,7 @@ COLLECTIONS = ROOT / ".collections"
 URI = "qemu:///system"
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 TEST_PREFIX = "hostcpu-test-"
+GUEST_LOG_DIR = Path("/var/log/libvirt/qemu")
 RUN_TOKEN = secrets.token_hex(3)
 
 
@@ -99,6 +100,16 @@ def remove_domain(conn, name: str) -> None:
     try:
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
     except libvirt.libvirtError:
+        pass
+    remove_guest_log(name)
+
+
+def remove_guest_log(name: str) -> None:
+    """libvirtd (qemu:///system) keeps /var/log/libvirt/qemu/<name>.log of every guest it started."""
+    assert name.startswith(TEST_PREFIX), name
+    try:
+        (GUEST_LOG_DIR / (name + ".log")).unlink()
+    except OSError:
         pass
 
 
