@@ -234,6 +234,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT_TYPES, build_facts, check_virt_types
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe import probe
 
 OFFLINE_OPTIONS = ("capabilities_xml", "domain_capabilities_xml")
 
@@ -280,8 +281,6 @@ def facts_offline(params: dict) -> dict:
 
 
 def facts_from_libvirt(module: AnsibleModule) -> dict:
-    from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe import probe
-
     params = module.params
     with connection(params["uri"]) as conn:
         found = probe(conn, params["virt_types"], params["verify_modes"])
