@@ -1,0 +1,1235 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The CPU a guest really runs with: libvirt 9.0's start-up path for x86, replayed on facts.
+
+``predict_live_cpu(cpu, entry)`` returns the ``<cpu>`` libvirt's live XML shows once a guest with
+*cpu* started on the host *entry* describes (one ``virt_types`` entry of the ``hostcpu`` facts),
+or raises ``GuestWouldNotStart`` with the error libvirt (or QEMU) would give. It follows, step by
+step, what libvirt 9.0 does when it starts a QEMU guest (src/qemu/qemu_process.c and
+src/cpu/cpu_x86.c):
+
+1. ``virCPUValidateFeatures``: every feature must be in libvirt's CPU map.
+2. ``qemuProcessUpdateGuestCPU``: the mode must be supported; with ``check`` other than none a
+   ``forbid`` feature the "full" host CPU lists fails; with ``check='partial'`` the CPU is compared
+   with that host CPU (``x86Compute``); ``virCPUx86Update`` turns ``optional`` into require/disable
+   by the migratable host-model CPU and, for host-model and ``match='minimum'``, copies that CPU
+   (model, vendor, features in its order; the domain's features replace the policy in place or are
+   appended); removed features of the model are appended as disable; a model QEMU does not know is
+   translated (``fallback='allow'``) or refused; ``fallback`` becomes forbid; the features libvirt
+   never passes to QEMU (cmt, mbm_total, mbm_local, osxsave, ospke) are dropped, and so are
+   disabled features QEMU does not know.
+3. QEMU builds the CPU: its own definition of the model with the accelerator's defaults, the
+   ``feature=on/off`` of the command line, features that hang on a disabled one cleared (e.g. the
+   MSR 0x10a features on arch-capabilities), features the accelerator cannot give filtered out.
+   Values QEMU cannot write to an MSR on this host (nested KVM refusing MSR 0x10a) kill it.
+4. ``qemuProcessUpdateAndVerifyCPU``: invtsc must have been enabled when required;
+   ``virCPUx86UpdateLive`` marks features QEMU enabled beyond the definition ``require`` and
+   features it filtered or did not enable ``disable`` (walking the CPU map in order), or fails
+   the start when ``check='full'``; then ``check`` becomes full.
+
+Everything QEMU-specific comes from data the ``cpu_facts`` probe measured on the host (see
+``expansion_data_from_libvirt``): QEMU's expansion of every model under the accelerator, what the
+accelerator can give, which features hang on which, and which MSR writes fail. The static part is
+libvirt's CPU map. Both are stored compactly: feature sets are hex bit masks over the CPU map's
+feature list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections import OrderedDict
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
+    CPUDict,
+    normalize_cpu,
+    ordered,
+    parse_version,
+    validate_cpu,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
+
+DATA_FORMAT = 1
+CPU_MAP_DIR = "/usr/share/libvirt/cpu_map"
+# virQEMUCapsCPUFilterFeatures (libvirt 9.0): never passed to QEMU, dropped from the definition.
+IGNORED_FEATURES = frozenset(("cmt", "mbm_total", "mbm_local", "osxsave", "ospke"))
+# virQEMUCapsCPUFeaturesX86: libvirt name -> QEMU property name.
+QEMU_FEATURE_NAMES = {
+    "cmp_legacy": "cmp-legacy", "ds_cpl": "ds-cpl", "fxsr_opt": "fxsr-opt", "kvm_pv_eoi": "kvm-pv-eoi",
+    "kvm_pv_unhalt": "kvm-pv-unhalt", "lahf_lm": "lahf-lm", "nodeid_msr": "nodeid-msr",
+    "pclmuldq": "pclmulqdq", "perfctr_core": "perfctr-core", "perfctr_nb": "perfctr-nb",
+    "tsc_adjust": "tsc-adjust",
+}
+LIBVIRT_FEATURE_NAMES = {qemu: name for name, qemu in QEMU_FEATURE_NAMES.items()}
+PASSTHROUGH_MODES = ("host-passthrough", "maximum")
+ENABLING = ("force", "require")
+DISABLING = ("disable", "forbid")
+# QEMU's message when KVM refuses an MSR value; the fix names the feature announcing the MSR.
+MSR_FAILURE = re.compile(r"failed to set MSR (0x[0-9a-fA-F]+) to (0x[0-9a-fA-F]+)")
+# QEMU's feature_dependencies (target/i386/cpu.c, QEMU 7.2) in CPU map terms: when the parent is
+# off, QEMU clears every feature at these CPUID leaves / MSRs (and marks the ones the command line
+# asked for unavailable). Groups: (parent, kind, first index, last index).
+DEPENDENCY_GROUPS = (
+    ("arch-capabilities", "msr", 0x10A, 0x10A),
+    ("core-capability", "msr", 0xCF, 0xCF),
+    ("pdcm", "msr", 0x345, 0x345),
+    ("vmx", "msr", 0x480, 0x491),
+    ("svm", "cpuid", 0x8000000A, 0x8000000A),
+    ("intel-pt", "cpuid", 0x14, 0x14),
+)
+# Single features that hang on another one (parent, child).
+DEPENDENCY_PAIRS = (
+    ("lm", "vmx-entry-ia32e-mode"), ("xsaves", "vmx-xsaves"), ("rdrand", "vmx-rdrand-exit"),
+    ("invpcid", "vmx-invpcid-exit"), ("mpx", "vmx-exit-clear-bndcfgs"), ("mpx", "vmx-entry-load-bndcfgs"),
+    ("rdseed", "vmx-rdseed-exit"), ("rdtscp", "vmx-rdtscp-exit"), ("sgx", "sgxlc"),
+    ("waitpkg", "vmx-enable-user-wait-pause"),
+)
+# The feature announcing each MSR, for the fix of an MSR QEMU cannot write.
+MSR_PARENTS = {first: parent for parent, kind, first, _last in DEPENDENCY_GROUPS if kind == "msr" and parent != "vmx"}
+# Features 'max' never turns on by itself although the accelerator may give them
+# (feature_word_info[].no_autoenable_flags); the probe guest asks for them to learn whether it can.
+NO_AUTOENABLE = ("ht", "topoext")
+PROBE_NAME_PREFIX = "hostcpu-probe-"
+PROBE_MEMORY_MIB = 32
+SYSTEM_GUEST_LOG_DIR = "/var/log/libvirt/qemu"
+CONTEXT_CACHE_SIZE = 32
+
+Mask = int
+
+
+class ExpansionDataError(CPUError):
+    """The facts do not carry (usable) expansion data for this prediction."""
+
+
+class GuestWouldNotStart(CPUError):
+    """libvirt or QEMU would refuse to start a guest with this CPU on this host.
+
+    ``reason`` is libvirt's own error text (as ``virsh start`` prints it), ``missing_features``
+    the features named as missing, ``fix`` a list of ``{name, policy: disable}`` that makes the
+    guest start when one is known.
+    """
+
+    def __init__(self, reason: str, missing_features: Sequence[str] = (), extra_features: Sequence[str] = (),
+                 forbidden_features: Sequence[str] = (), fix: Optional[List[Dict[str, str]]] = None,
+                 hint: Optional[str] = None):
+        self.reason = reason
+        self.missing_features = list(missing_features)
+        self.extra_features = list(extra_features)
+        self.forbidden_features = list(forbidden_features)
+        self.fix = fix
+        message = "libvirt would not start this guest: %s" % reason
+        if hint:
+            message += "; " + hint
+        super().__init__(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# masks
+
+
+def names_of(mask: Mask, names: Sequence[str]) -> List[str]:
+    """The feature names of *mask*, in CPU map order."""
+    result = []
+    index = 0
+    while mask:
+        if mask & 1:
+            result.append(names[index])
+        mask >>= 1
+        index += 1
+    return result
+
+
+def to_hex(mask: Mask) -> str:
+    return format(mask, "x")
+
+
+def from_hex(text: Any, what: str) -> Mask:
+    if not isinstance(text, str):
+        raise ExpansionDataError("expansion data: %s must be a hex string, got %s" % (what, type(text).__name__))
+    try:
+        return int(text, 16) if text else 0
+    except ValueError:
+        raise ExpansionDataError("expansion data: %s is not a hex bit mask: %r" % (what, text[:40])) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# libvirt's CPU map (src/cpu_map, installed as /usr/share/libvirt/cpu_map)
+
+
+def _int0(value: Optional[str]) -> int:
+    return int(value, 0) if value else 0
+
+
+def _feature_bit(feature_el) -> Tuple[Any, ...]:
+    """``("cpuid", eax_in, ecx_in, register, bit)`` or ``("msr", index, bit)`` of one feature."""
+    for child in feature_el:
+        if child.tag == "cpuid":
+            for register in ("eax", "ebx", "ecx", "edx"):
+                value = _int0(child.get(register))
+                if value:
+                    return ("cpuid", _int0(child.get("eax_in")), _int0(child.get("ecx_in")), register,
+                            value.bit_length() - 1)
+        if child.tag == "msr":
+            value = (_int0(child.get("edx")) << 32) | _int0(child.get("eax"))
+            return ("msr", _int0(child.get("index")), value.bit_length() - 1)
+    raise ExpansionDataError("CPU map feature '%s' has no cpuid or msr bit" % feature_el.get("name"))
+
+
+def _steppings(text: Optional[str]) -> Optional[List[int]]:
+    if not text:
+        return None
+    result = []
+    for part in text.split(","):
+        low, _sep, high = part.partition("-")
+        result.extend(range(int(low), int(high or low) + 1))
+    return result
+
+
+def _model_entry(model_el, models: Dict[str, Dict[str, Any]], index: Dict[str, int]) -> Dict[str, Any]:
+    base_el = model_el.find("model")
+    base = models.get(base_el.get("name")) if base_el is not None else None
+    if base_el is not None and base is None:
+        raise ExpansionDataError("CPU map model '%s' is based on unknown model '%s'"
+                                 % (model_el.get("name"), base_el.get("name")))
+    entry = {"vendor": base["vendor"] if base else None, "mask": base["mask"] if base else 0,
+             "removed": [], "signatures": list(base["signatures"]) if base else []}
+    signatures = [[_int0(el.get("family")), _int0(el.get("model")), _steppings(el.get("stepping"))]
+                  for el in model_el.findall("signature")]
+    if signatures:
+        entry["signatures"] = signatures
+    vendor_el = model_el.find("vendor")
+    if vendor_el is not None:
+        entry["vendor"] = vendor_el.get("name")
+    decode_el = model_el.find("decode")
+    entry["decode"] = [decode_el is None or decode_el.get("host") == "on",
+                       decode_el is None or decode_el.get("guest") == "on"]
+    for feature_el in model_el.findall("feature"):
+        name = feature_el.get("name")
+        if name not in index:
+            raise ExpansionDataError("CPU map model '%s' uses unknown feature '%s'" % (model_el.get("name"), name))
+        if feature_el.get("removed") == "yes":
+            entry["removed"].append(name)
+        else:
+            entry["mask"] |= 1 << index[name]
+    return entry
+
+
+def cpu_map_from_xml(files: Mapping[str, Union[str, bytes]], arch: str = "x86") -> Dict[str, Any]:
+    """libvirt's CPU map for *arch* from ``{file name: XML text}`` (index.xml and what it includes).
+
+    Returns ``{"features": [names in map order], "bits": {name: bit}, "non_migratable": [...],
+    "models": {name: {vendor, mask, removed, signatures, decode}}, "vendors": {name: string}}``.
+    """
+    if "index.xml" not in files:
+        raise ExpansionDataError("libvirt's CPU map needs index.xml; pass the files of %s" % CPU_MAP_DIR)
+    index_root = parse_xml(files["index.xml"], "CPU map index.xml")
+    arch_el = index_root.find("arch[@name='%s']" % arch)
+    if arch_el is None:
+        raise ExpansionDataError("libvirt's CPU map has no arch '%s'" % arch)
+    result: Dict[str, Any] = {"features": [], "bits": {}, "non_migratable": [], "models": {}, "vendors": {}}
+    index: Dict[str, int] = {}
+    for include in arch_el.findall("include"):
+        name = include.get("filename")
+        if name not in files:
+            raise ExpansionDataError("libvirt's CPU map file %s (included by index.xml) is missing" % name)
+        root = parse_xml(files[name], "CPU map %s" % name)
+        for element in root:
+            if element.tag == "vendor":
+                result["vendors"][element.get("name")] = element.get("string")
+            elif element.tag == "feature":
+                feature = element.get("name")
+                index[feature] = len(result["features"])
+                result["features"].append(feature)
+                result["bits"][feature] = _feature_bit(element)
+                if element.get("migratable") == "no":
+                    result["non_migratable"].append(feature)
+            elif element.tag == "model":
+                result["models"][element.get("name")] = _model_entry(element, result["models"], index)
+    return result
+
+
+def read_cpu_map_files(directory: str = CPU_MAP_DIR, arch: str = "x86") -> Dict[str, str]:
+    """The CPU map files of *arch* from libvirt's data directory on this host."""
+    files: Dict[str, str] = {}
+    try:
+        with open(os.path.join(directory, "index.xml"), encoding="utf-8") as handle:
+            files["index.xml"] = handle.read()
+        index_root = parse_xml(files["index.xml"], "CPU map index.xml")
+        arch_el = index_root.find("arch[@name='%s']" % arch)
+        for include in [] if arch_el is None else arch_el.findall("include"):
+            name = include.get("filename")
+            if os.path.basename(name) != name:
+                raise ExpansionDataError("CPU map index.xml includes '%s', which is not a plain file name" % name)
+            with open(os.path.join(directory, name), encoding="utf-8") as handle:
+                files[name] = handle.read()
+    except OSError as exc:
+        raise ExpansionDataError("cannot read libvirt's CPU map in %s: %s; is libvirt installed on this host?"
+                                 % (directory, exc.strerror or exc)) from None
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding CPU data into a model + features (x86Decode, x86DataToCPU, x86DecodeUseCandidate)
+
+
+class Decoded(NamedTuple):
+    model: str
+    vendor: Optional[str]
+    features: List[Tuple[str, str]]
+
+
+def _signature_matches(signatures: Sequence[Sequence[Any]], signature: Optional[Tuple[int, int, int]]) -> bool:
+    if not signature:
+        return False
+    family, model, stepping = signature
+    return any(sig[0] == family and sig[1] == model and (not sig[2] or stepping in sig[2]) for sig in signatures)
+
+
+def _candidate_score(features: Sequence[Tuple[str, str]], guest: bool) -> Tuple[int, int]:
+    """virCPUx86CompareCandidateFeatureList's (count, disabled) including its shrinking loop bound."""
+    total = len(features)
+    if not guest:
+        return total, 0
+    enabled = total
+    disabled = 0
+    penalty = 2
+    position = 0
+    while position < enabled:
+        if features[position][1] == "disable":
+            enabled -= 1
+            disabled += penalty
+            penalty += 1
+        position += 1
+    return enabled + disabled, disabled
+
+
+def _data_to_cpu(cpu_map: "CPUMap", data: Mask, model: str, blockers: Mask, guest: bool) -> List[Tuple[str, str]]:
+    model_mask = cpu_map.models[model].mask
+    extra = data & ~model_mask
+    missing = (model_mask & ~data) | (blockers & ~extra)
+    features = [(name, "require") for name in names_of(extra, cpu_map.names)]
+    features += [(name, "disable") for name in names_of(missing, cpu_map.names)]
+    if guest:
+        listed = {name for name, _policy in features}
+        features += [(name, "disable") for name in cpu_map.models[model].removed if name not in listed]
+    return features
+
+
+def _tsx_filtered(cpu_map: "CPUMap", data: Mask, vendor: Optional[str], signature: Optional[Tuple[int, int, int]]) -> Mask:
+    if vendor != "Intel" or not signature:
+        return data
+    family, model, stepping = signature
+    if family == 6 and ((model == 63 and stepping < 4) or model in (60, 69, 70)):
+        for name in ("hle", "rtm"):
+            if name in cpu_map.index:
+                data &= ~(1 << cpu_map.index[name])
+    return data
+
+
+def decode(cpu_map: "CPUMap", data: Mask, vendor: Optional[str], signature: Optional[Tuple[int, int, int]],
+           guest: bool = True, allowed: Optional[Mapping[str, Mask]] = None) -> Decoded:
+    """libvirt's x86Decode: the model (newest first) that describes *data* with the fewest changes.
+
+    *allowed* maps the model names the hypervisor accepts to their blocker masks (None: all).
+    """
+    data = _tsx_filtered(cpu_map, data, vendor, signature)
+    best: Optional[Tuple[str, List[Tuple[str, str]]]] = None
+    for name in reversed(cpu_map.model_order):
+        model = cpu_map.models[name]
+        if allowed is not None and name not in allowed:
+            continue
+        if vendor and model.vendor and vendor != model.vendor:
+            continue
+        if not (model.decode_guest if guest else model.decode_host):
+            continue
+        features = _data_to_cpu(cpu_map, data, name, (allowed or {}).get(name, 0), guest)
+        if not guest and any(policy == "disable" for _name, policy in features):
+            continue
+        if best is None or _better_candidate(cpu_map, best, (name, features), signature, guest):
+            best = (name, features)
+    if best is None:
+        raise GuestWouldNotStart("internal error: Cannot find suitable CPU model for given data")
+    return Decoded(best[0], vendor, best[1])
+
+
+def _better_candidate(cpu_map: "CPUMap", current: Tuple[str, List[Tuple[str, str]]],
+                      candidate: Tuple[str, List[Tuple[str, str]]], signature: Optional[Tuple[int, int, int]],
+                      guest: bool) -> bool:
+    if signature:
+        current_matches = _signature_matches(cpu_map.models[current[0]].signatures, signature)
+        candidate_matches = _signature_matches(cpu_map.models[candidate[0]].signatures, signature)
+        if current_matches and not candidate_matches:
+            return False
+        if candidate_matches and not current_matches:
+            return True
+    current_count, current_disabled = _candidate_score(current[1], guest)
+    count, disabled = _candidate_score(candidate[1], guest)
+    return count < current_count or (count == current_count and disabled < current_disabled)
+
+
+# ---------------------------------------------------------------------------------------------
+# the data cpu_facts stores (virt_types.<vt>.expansion)
+
+
+def _bits_for_facts(cpu_map: Dict[str, Any]) -> Dict[str, List[int]]:
+    """MSR features only (index, bit): the CPUID bits are not needed after the probe."""
+    return {name: [bit[1], bit[2]] for name, bit in cpu_map["bits"].items() if bit[0] == "msr"}
+
+
+def _mask_of(names: Iterable[str], index: Mapping[str, int]) -> Mask:
+    mask = 0
+    for name in names:
+        if name in index:
+            mask |= 1 << index[name]
+    return mask
+
+
+def _models_for_facts(cpu_map: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    result = {}
+    for name, model in cpu_map["models"].items():
+        entry: Dict[str, Any] = {"features": to_hex(model["mask"])}
+        if model["vendor"]:
+            entry["vendor"] = model["vendor"]
+        if model["removed"]:
+            entry["removed"] = list(model["removed"])
+        if model["signatures"]:
+            entry["signatures"] = [list(sig) for sig in model["signatures"]]
+        if model["decode"] != [True, True]:
+            entry["decode"] = list(model["decode"])
+        result[name] = entry
+    return result
+
+
+def _host_cpu_data(caps_root, cpu_map: Dict[str, Any], index: Mapping[str, int]) -> Tuple[Mask, Optional[str], Optional[Tuple[int, int, int]]]:
+    """The host CPU of the capabilities XML as (feature mask, vendor, signature)."""
+    cpu_el = caps_root.find("host/cpu") if caps_root is not None else None
+    if cpu_el is None or not (cpu_el.findtext("model") or "").strip():
+        return 0, None, None
+    model = cpu_el.findtext("model").strip()
+    if model not in cpu_map["models"]:
+        raise ExpansionDataError("the host CPU model '%s' of the capabilities is not in libvirt's CPU map" % model)
+    mask = cpu_map["models"][model]["mask"]
+    for feature_el in cpu_el.findall("feature"):
+        if feature_el.get("policy") in DISABLING:
+            mask &= ~_mask_of([feature_el.get("name")], index)
+        else:
+            mask |= _mask_of([feature_el.get("name")], index)
+    sig_el = cpu_el.find("signature")
+    signature = None
+    if sig_el is not None:
+        signature = (_int0(sig_el.get("family")), _int0(sig_el.get("model")), _int0(sig_el.get("stepping")))
+    vendor = (cpu_el.findtext("vendor") or "").strip() or None
+    return mask, vendor, signature
+
+
+def _host_model_of(domcaps_root) -> Optional[Dict[str, Any]]:
+    mode_el = domcaps_root.find("cpu/mode[@name='host-model']")
+    if mode_el is None or mode_el.get("supported") != "yes" or mode_el.find("model") is None:
+        return None
+    return {
+        "model": (mode_el.findtext("model") or "").strip(),
+        "vendor": (mode_el.findtext("vendor") or "").strip() or None,
+        "features": [[el.get("name"), el.get("policy") or "require"] for el in mode_el.findall("feature")],
+    }
+
+
+def _cpu_data(model: str, features: Iterable[Sequence[str]], cpu_map: Dict[str, Any], index: Mapping[str, int]) -> Mask:
+    """x86ModelFromCPU(cpu, -1): the model's features plus required minus disabled ones."""
+    mask = cpu_map["models"][model]["mask"] if model in cpu_map["models"] else 0
+    for name, policy in features:
+        if policy in ENABLING:
+            mask |= _mask_of([name], index)
+        elif policy in DISABLING:
+            mask &= ~_mask_of([name], index)
+    return mask
+
+
+def _full_host(virt_type: str, host_model: Dict[str, Any], caps_root, cpu_map: Dict[str, Any],
+               index: Mapping[str, int], accelerated: bool) -> Dict[str, Any]:
+    """libvirt's "full" host CPU of *virt_type* (virQEMUCapsInitHostCPUModel), used by check='partial'.
+
+    With an accelerator (kvm) it is the host CPU decoded from CPUID (as a guest CPU, any model)
+    plus every feature the expanded host-model CPU requires; under TCG it is the host-model CPU.
+    ``listed`` holds the names the CPU definition lists as enabled (virCPUCheckForbiddenFeatures
+    looks names up, not bits).
+    """
+    reported = _cpu_data(host_model["model"], host_model["features"], cpu_map, index)
+    caps_mask, caps_vendor, signature = _host_cpu_data(caps_root, cpu_map, index)
+    if not accelerated or not caps_mask:
+        listed = [name for name, policy in host_model["features"] if policy not in DISABLING]
+        return {"vendor": host_model["vendor"], "features": to_hex(reported), "listed": to_hex(_mask_of(listed, index))}
+    decoded = decode(CPUMap.from_map(cpu_map), caps_mask, caps_vendor, signature, guest=True)
+    policies = OrderedDict(decoded.features)
+    for name in names_of(reported, cpu_map["features"]):
+        policies[name] = "require"
+    listed = [name for name, policy in policies.items() if policy not in DISABLING]
+    data = _cpu_data(decoded.model, policies.items(), cpu_map, index)
+    return {"vendor": caps_vendor, "features": to_hex(data), "listed": to_hex(_mask_of(listed, index))}
+
+
+def dependencies_from_map(cpu_map: Mapping[str, Any], known: Iterable[str] = ()) -> Dict[str, List[str]]:
+    """DEPENDENCY_GROUPS and DEPENDENCY_PAIRS as ``{parent: [children in map order]}`` for this CPU map."""
+    known = set(known) or set(cpu_map["features"])
+    result: Dict[str, List[str]] = {}
+    for parent, kind, first, last in DEPENDENCY_GROUPS:
+        if parent not in known:
+            continue
+        children = [name for name in cpu_map["features"]
+                    if cpu_map["bits"][name][0] == kind and first <= cpu_map["bits"][name][1] <= last and name != parent]
+        if children:
+            result.setdefault(parent, []).extend(children)
+    for parent, child in DEPENDENCY_PAIRS:
+        if parent in known and child in cpu_map["bits"]:
+            result.setdefault(parent, []).append(child)
+    return result
+
+
+def _qemu_for_facts(qemu: Mapping[str, Any], index: Mapping[str, int], cpu_map: Mapping[str, Any]) -> Dict[str, Any]:
+    """The measured QEMU behaviour (``probe_qemu``'s result) as masks."""
+    known = set(qemu.get("known") or [])
+    result = {
+        "models": {name: to_hex(_mask_of(features, index)) for name, features in sorted(qemu["models"].items())},
+        "supported": to_hex(_mask_of(qemu["max"], index)),
+        "migratable": to_hex(_mask_of(qemu["max_migratable"], index)),
+        "unknown": [name for name in index if known and name not in known],
+        "dependencies": dependencies_from_map(cpu_map, known),
+        "msr_failures": [dict(failure) for failure in qemu.get("msr_failures") or []],
+    }
+    return result
+
+
+def expansion_data_from_xml(cpu_map_files: Mapping[str, Union[str, bytes]], capabilities_xml: Union[str, bytes, None],
+                            domcaps_xml: Union[str, bytes], qemu: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``expansion`` facts of one virt type from XML libvirt printed and QEMU's measured behaviour.
+
+    *qemu* is what ``probe_qemu`` read through QMP (libvirt feature names): ``models`` (model ->
+    features QEMU enables for it), ``max`` / ``max_migratable`` (what the accelerator can give),
+    ``known``, ``dependencies`` and ``msr_failures``.
+    """
+    cpu_map = cpu_map_from_xml(cpu_map_files)
+    index = {name: position for position, name in enumerate(cpu_map["features"])}
+    domcaps_root = parse_xml(domcaps_xml, "domain capabilities XML")
+    virt_type = (domcaps_root.findtext("domain") or "").strip()
+    host_model = _host_model_of(domcaps_root)
+    caps_root = parse_xml(capabilities_xml, "capabilities XML") if capabilities_xml is not None else None
+    data: Dict[str, Any] = {
+        "format": DATA_FORMAT,
+        "virt_type": virt_type,
+        "features": list(cpu_map["features"]),
+        "msr": _bits_for_facts(cpu_map),
+        "models": _models_for_facts(cpu_map),
+        "qemu": _qemu_for_facts(qemu, index, cpu_map),
+        "host_model": None,
+        "host": None,
+    }
+    if host_model is not None:
+        non_migratable = set(qemu["max"]) - set(qemu["max_migratable"])
+        data["host_model"] = {"model": host_model["model"], "vendor": host_model["vendor"],
+                              "features": [f for f in host_model["features"] if f[0] not in non_migratable]}
+        data["host"] = _full_host(virt_type, host_model, caps_root, cpu_map, index, accelerated=virt_type != "qemu")
+    data["fingerprint"] = _data_fingerprint(data)
+    return data
+
+
+def _data_fingerprint(data: Mapping[str, Any]) -> str:
+    text = json.dumps({key: value for key, value in data.items() if key != "fingerprint"},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring QEMU through a paused probe guest (the only part that talks to libvirt)
+
+
+def _probe_domain_xml(entry: Mapping[str, Any], name: str, cpu_xml: str) -> str:
+    def esc(value: Any) -> str:
+        return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;")
+    return ("<domain type='%s'><name>%s</name><memory unit='MiB'>%d</memory><vcpu>1</vcpu>"
+            "<os><type arch='%s' machine='%s'>hvm</type></os>%s<on_crash>destroy</on_crash>"
+            "<devices><emulator>%s</emulator><memballoon model='none'/></devices></domain>"
+            % (esc(entry["domain_type"]), esc(name), PROBE_MEMORY_MIB, esc(entry["arch"]), esc(entry["machine"]),
+               cpu_xml, esc(entry["emulator"])))
+
+
+def _remove_guest_log(conn, name: str) -> None:
+    try:
+        if conn.getURI() != "qemu:///system":
+            return
+        path = os.path.join(SYSTEM_GUEST_LOG_DIR, name + ".log")
+        if os.path.isfile(path):
+            os.unlink(path)
+    except Exception:  # pylint: disable=broad-except
+        pass
+
+
+def _libvirt_message(exc: Exception) -> str:
+    getter = getattr(exc, "get_error_message", None)
+    return " ".join(((getter() if getter else None) or str(exc)).split())
+
+
+def _probe_cpu_xml(label: str) -> str:
+    features = "".join("<feature policy='force' name='%s'/>" % name for name in NO_AUTOENABLE)
+    if label == "max":
+        return "<cpu mode='maximum' migratable='off'>%s</cpu>" % features
+    if label == "detect":
+        return "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>%s</cpu>" % features
+    return ""
+
+
+def _create_probe_guest(conn, entry: Mapping[str, Any], token: str, label: str):
+    """``(domain, name, None)`` or ``(None, name, libvirt's error)``."""
+    import libvirt  # pylint: disable=import-outside-toplevel
+    name = "%s%s-%s-%s" % (PROBE_NAME_PREFIX, token, entry["domain_type"], label)
+    try:
+        return conn.createXML(_probe_domain_xml(entry, name, _probe_cpu_xml(label)), libvirt.VIR_DOMAIN_START_PAUSED), name, None
+    except libvirt.libvirtError as exc:
+        _remove_guest_log(conn, name)
+        return None, name, _libvirt_message(exc)
+
+
+def _destroy_probe_guest(conn, domain, name: str) -> None:
+    try:
+        domain.destroy()
+    finally:
+        _remove_guest_log(conn, name)
+
+
+class ProbeGuest(NamedTuple):
+    domain: Any
+    name: str
+    msr_failures: List[Dict[str, Any]]
+    unavailable: List[str]
+
+
+def _start_probe_guest(conn, entry: Mapping[str, Any], token: str) -> ProbeGuest:
+    """A paused transient guest to ask QEMU through, and what starting it taught.
+
+    The first try is the largest CPU (maximum, migratable off) with the NO_AUTOENABLE features
+    forced on: when QEMU dies on an MSR write, that is recorded as an MSR failure; otherwise its
+    unavailable-features tell which NO_AUTOENABLE features the accelerator lacks and it serves the
+    QMP questions. After an MSR failure a qemu64 guest with the same features answers that, and a
+    guest without any -cpu option (no global properties that would colour the expansions) serves QMP.
+    """
+    failures: List[Dict[str, Any]] = []
+    errors = []
+    if (entry.get("modes") or {}).get("maximum", {}).get("supported"):
+        domain, name, error = _create_probe_guest(conn, entry, token, "max")
+        if domain is not None:
+            try:
+                return ProbeGuest(domain, name, failures, _unavailable_features(domain))
+            except Exception:
+                _destroy_probe_guest(conn, domain, name)
+                raise
+        errors.append(error)
+        found = MSR_FAILURE.search(error or "")
+        if found:
+            failures.append({"index": int(found.group(1), 16), "value": found.group(2).lower()})
+    domain, name, error = _create_probe_guest(conn, entry, token, "detect")
+    unavailable = list(NO_AUTOENABLE)
+    if domain is not None:
+        try:
+            unavailable = _unavailable_features(domain)
+        finally:
+            _destroy_probe_guest(conn, domain, name)
+    else:
+        errors.append(error)
+    domain, name, error = _create_probe_guest(conn, entry, token, "plain")
+    if domain is None:
+        raise ExpansionDataError("cannot start the paused probe guest of virt type '%s' that asks QEMU how it builds "
+                                 "CPUs: %s" % (entry["domain_type"], error or "; ".join(errors)))
+    return ProbeGuest(domain, name, failures, unavailable)
+
+
+def _qmp(domain, command: str, **arguments: Any) -> Any:
+    import libvirt_qemu  # pylint: disable=import-outside-toplevel
+    reply = json.loads(libvirt_qemu.qemuMonitorCommand(domain, json.dumps({"execute": command, "arguments": arguments}), 0))
+    if "error" in reply:
+        raise ExpansionDataError("QEMU refused %s: %s" % (command, reply["error"].get("desc")))
+    return reply["return"]
+
+
+def _enabled(props: Mapping[str, Any], known: Iterable[str]) -> List[str]:
+    known = set(known)
+    return sorted({LIBVIRT_FEATURE_NAMES.get(name, name) for name, value in props.items() if value is True}
+                  & known)
+
+
+def _expansion(domain, model: str, props: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    spec: Dict[str, Any] = {"name": model}
+    if props:
+        spec["props"] = dict(props)
+    return _qmp(domain, "query-cpu-model-expansion", type="full", model=spec)["model"]["props"]
+
+
+def _unavailable_features(domain) -> List[str]:
+    """The features the probe guest's own vCPU asked for but did not get."""
+    cpus = _qmp(domain, "query-cpus-fast")
+    path = cpus[0]["qom-path"] if cpus else "/machine/unattached/device[0]"
+    return [LIBVIRT_FEATURE_NAMES.get(name, name) for name in _qmp(domain, "qom-get", path=path, property="unavailable-features")]
+
+
+def dependency_parents() -> List[str]:
+    """Every feature QEMU lets others hang on (in libvirt names)."""
+    parents = [parent for parent, _kind, _first, _last in DEPENDENCY_GROUPS]
+    parents += [parent for parent, _child in DEPENDENCY_PAIRS if parent not in parents]
+    return parents
+
+
+def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
+               unavailable: Iterable[str] = ()) -> Dict[str, Any]:
+    """QEMU's own view, through QMP of a running (paused) guest, in libvirt feature names.
+
+    ``models`` is each model as QEMU defines it for this accelerator *before* dependent features
+    are cleared: the plain expansion plus the features that appear when every dependency parent
+    is forced on (e.g. npt under svm, which kvm's default svm=off hides), minus those parents.
+    ``measured_dependencies`` are the features 'max' loses when one feature is turned off (a
+    cross-check of DEPENDENCY_GROUPS / DEPENDENCY_PAIRS).
+    """
+    qemu_models = {item["name"] for item in _qmp(domain, "query-cpu-definitions")}
+    max_all = _expansion(domain, "max", {"migratable": False})
+    known = sorted({LIBVIRT_FEATURE_NAMES.get(name, name) for name in max_all} & set(feature_names))
+    # The probe guest's own -cpu may have set global properties on 'max': override them.
+    quiet = {name: False for name in NO_AUTOENABLE if name in known}
+    max_all = _expansion(domain, "max", dict(quiet, migratable=False))
+    supported = _enabled(max_all, known)
+    supported = sorted(set(supported) | {name for name in NO_AUTOENABLE if name in known and name not in set(unavailable)})
+    parents = [name for name in dependency_parents() if name in known]
+    parents_on = {QEMU_FEATURE_NAMES.get(name, name): True for name in parents}
+    models = {}
+    for name in model_names:
+        if name not in qemu_models:
+            continue
+        plain = set(_enabled(_expansion(domain, name), known))
+        latent = set(_enabled(_expansion(domain, name, parents_on), known)) - set(parents)
+        models[name] = sorted(plain | latent)
+    result: Dict[str, Any] = {
+        "known": known,
+        "max": supported,
+        "max_migratable": _enabled(_expansion(domain, "max", dict(quiet, migratable=True)), known),
+        "models": models,
+        "measured_dependencies": {},
+    }
+    for parent in supported:
+        props = dict(quiet, migratable=False)
+        props[QEMU_FEATURE_NAMES.get(parent, parent)] = False
+        lost = set(_enabled(max_all, known)) - set(_enabled(_expansion(domain, "max", props), known))
+        lost.discard(parent)
+        if lost:
+            result["measured_dependencies"][parent] = [name for name in feature_names if name in lost]
+    return result
+
+
+def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml: Optional[str] = None,
+                                domcaps_xml: Optional[str] = None, cpu_map_dir: str = CPU_MAP_DIR) -> Dict[str, Any]:
+    """Measure and return the ``expansion`` facts of *entry*'s virt type on the host of *conn*.
+
+    Starts one paused transient guest ``hostcpu-probe-<random>-<virt type>-...`` (two when the
+    largest CPU fails to start, which is recorded as an MSR failure), asks its QEMU through QMP
+    how it expands every model, what the accelerator gives and which features depend on which,
+    then destroys it. Reads libvirt's CPU map from *cpu_map_dir*.
+    """
+    cpu_map_files = read_cpu_map_files(cpu_map_dir)
+    cpu_map = cpu_map_from_xml(cpu_map_files)
+    if capabilities_xml is None:
+        capabilities_xml = conn.getCapabilities()
+    if domcaps_xml is None:
+        domcaps_xml = conn.getDomainCapabilities(entry["emulator"], entry["arch"], entry["machine"], entry["domain_type"], 0)
+    guest = _start_probe_guest(conn, entry, secrets.token_hex(4))
+    try:
+        qemu = probe_qemu(guest.domain, cpu_map["features"], cpu_map["models"], guest.unavailable)
+    finally:
+        _destroy_probe_guest(conn, guest.domain, guest.name)
+    qemu["msr_failures"] = guest.msr_failures
+    return expansion_data_from_xml(cpu_map_files, capabilities_xml, domcaps_xml, qemu)
+
+
+# ---------------------------------------------------------------------------------------------
+# the prediction context: facts -> integers, built once per facts entry
+
+
+class ModelInfo(NamedTuple):
+    vendor: Optional[str]
+    mask: Mask
+    removed: Tuple[str, ...]
+    signatures: Tuple[Tuple[int, int, Optional[Tuple[int, ...]]], ...]
+    decode_host: bool
+    decode_guest: bool
+
+
+class CPUMap:
+    """Feature names in map order, their positions, and the models as masks."""
+
+    def __init__(self, names: Sequence[str], models: "OrderedDict[str, ModelInfo]"):
+        self.names = list(names)
+        self.index = {name: position for position, name in enumerate(self.names)}
+        self.models = models
+        self.model_order = list(models)
+
+    @classmethod
+    def from_map(cls, cpu_map: Mapping[str, Any]) -> "CPUMap":
+        models = OrderedDict()
+        for name, model in cpu_map["models"].items():
+            models[name] = ModelInfo(model["vendor"], model["mask"], tuple(model["removed"]),
+                                     tuple(_signature_tuple(sig) for sig in model["signatures"]),
+                                     model["decode"][0], model["decode"][1])
+        return cls(cpu_map["features"], models)
+
+    @classmethod
+    def from_facts(cls, data: Mapping[str, Any]) -> "CPUMap":
+        models = OrderedDict()
+        for name, model in _mapping(data.get("models"), "models").items():
+            model = _mapping(model, "models.%s" % name)
+            decode_flags = model.get("decode") or [True, True]
+            models[name] = ModelInfo(model.get("vendor"), from_hex(model.get("features"), "models.%s.features" % name),
+                                     tuple(model.get("removed") or ()),
+                                     tuple(_signature_tuple(sig) for sig in model.get("signatures") or ()),
+                                     bool(decode_flags[0]), bool(decode_flags[1]))
+        names = data.get("features")
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ExpansionDataError("expansion data: 'features' must be the list of libvirt's feature names")
+        return cls(names, models)
+
+    def mask(self, names: Iterable[str]) -> Mask:
+        return _mask_of(names, self.index)
+
+    def bit(self, name: str) -> Mask:
+        position = self.index.get(name)
+        return 0 if position is None else 1 << position
+
+    def names_of(self, mask: Mask) -> List[str]:
+        return names_of(mask, self.names)
+
+
+def _signature_tuple(sig: Sequence[Any]) -> Tuple[int, int, Optional[Tuple[int, ...]]]:
+    return (int(sig[0]), int(sig[1]), tuple(sig[2]) if len(sig) > 2 and sig[2] else None)
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ExpansionDataError("expansion data: '%s' must be a mapping, got %s" % (what, type(value).__name__))
+    return value
+
+
+class Context:
+    """Everything one prediction needs about one host and virt type, as integers and tuples."""
+
+    def __init__(self, entry: Mapping[str, Any]):
+        data = _mapping(entry.get("expansion"), "expansion")
+        if data.get("format") != DATA_FORMAT:
+            raise ExpansionDataError("expansion data has format %r, this collection reads format %d; gather the facts "
+                                     "again with hostcpu.libvirt.cpu_facts" % (data.get("format"), DATA_FORMAT))
+        self.virt_type = entry.get("domain_type") or data.get("virt_type")
+        self.arch = entry.get("arch") or "x86_64"
+        self.libvirt_version = parse_version(entry.get("libvirt_version"))
+        self.map = CPUMap.from_facts(data)
+        self.msr = {name: (int(value[0]), int(value[1])) for name, value in _mapping(data.get("msr") or {}, "msr").items()}
+        qemu = _mapping(data.get("qemu"), "qemu")
+        self.qemu_models = {name: from_hex(mask, "qemu.models.%s" % name)
+                            for name, mask in _mapping(qemu.get("models"), "qemu.models").items()}
+        self.supported = from_hex(qemu.get("supported"), "qemu.supported")
+        self.migratable = from_hex(qemu.get("migratable"), "qemu.migratable")
+        self.unknown = self.map.mask(qemu.get("unknown") or ())
+        self.dependencies = [(self.map.bit(parent), self.map.mask(children))
+                             for parent, children in _mapping(qemu.get("dependencies") or {}, "qemu.dependencies").items()]
+        self.msr_failures = [(int(failure["index"]), int(str(failure["value"]), 16)) for failure in qemu.get("msr_failures") or ()]
+        self.host_model = self._host_model(data.get("host_model"))
+        host = data.get("host")
+        self.host = None if host is None else (host.get("vendor"), from_hex(host.get("features"), "host.features"),
+                                               from_hex(host.get("listed"), "host.listed"))
+        modes = entry.get("modes") or {}
+        self.modes = {name: bool((mode or {}).get("supported")) for name, mode in modes.items()}
+        names = [model.get("name") for model in (modes.get("custom") or {}).get("models") or ()]
+        if not names:
+            names = list(self.qemu_models)
+        self.allowed = {name: self.qemu_models.get(name, 0) & ~self.supported for name in names}
+
+    @staticmethod
+    def _host_model(value: Any) -> Optional[Tuple[str, Optional[str], Tuple[Tuple[str, str], ...]]]:
+        if value is None:
+            return None
+        value = _mapping(value, "host_model")
+        return value["model"], value.get("vendor"), tuple((name, policy) for name, policy in value["features"])
+
+    def model_mask(self, name: str) -> Mask:
+        model = self.map.models.get(name)
+        if model is None:
+            raise GuestWouldNotStart("internal error: Unknown CPU model %s" % name,
+                                     hint="use one of the models libvirt knows (the facts' modes.custom.models)")
+        return model.mask
+
+
+_CONTEXTS: "OrderedDict[Tuple[Any, ...], Context]" = OrderedDict()
+
+
+def _context_key(entry: Mapping[str, Any]) -> Tuple[Any, ...]:
+    data = entry.get("expansion")
+    fingerprint = data.get("fingerprint") if isinstance(data, Mapping) else None
+    modes = entry.get("modes")
+    return (fingerprint, entry.get("fingerprint"), entry.get("domain_type"), entry.get("libvirt_version"),
+            None if entry.get("fingerprint") else json.dumps(modes, sort_keys=True, default=str))
+
+
+def context_for(entry: Mapping[str, Any]) -> Context:
+    """The Context of *entry*, cached by the fingerprints of its expansion data and domcapabilities."""
+    if not isinstance(entry, Mapping):
+        raise ExpansionDataError("host facts must be a mapping (ansible_facts.hostcpu or one of its virt_types)")
+    key = _context_key(entry)
+    if key[0] is None:
+        return Context(entry)
+    context = _CONTEXTS.get(key)
+    if context is None:
+        context = Context(entry)
+        _CONTEXTS[key] = context
+        while len(_CONTEXTS) > CONTEXT_CACHE_SIZE:
+            _CONTEXTS.popitem(last=False)
+    return context
+
+
+# ---------------------------------------------------------------------------------------------
+# the guest CPU while libvirt works on it (a virCPUDef)
+
+
+class GuestCPU:
+    """Mutable CPU definition; ``features`` keeps libvirt's order (update in place or append)."""
+
+    def __init__(self, cpu: CPUDict):
+        self.rest = {key: cpu[key] for key in ("migratable", "topology", "cache", "maxphysaddr") if key in cpu}
+        self.mode = cpu.get("mode", "custom")
+        self.match = cpu.get("match")
+        self.check = cpu.get("check")
+        model = cpu.get("model") or {}
+        self.model = model.get("name")
+        self.fallback = model.get("fallback")
+        self.vendor_id = model.get("vendor_id")
+        self.vendor = cpu.get("vendor")
+        self.features: "OrderedDict[str, str]" = OrderedDict(
+            (f["name"], f.get("policy") or "require") for f in cpu.get("features") or ())
+
+    def update_feature(self, name: str, policy: str) -> None:
+        self.features[name] = policy
+
+    def add_if_missing(self, name: str, policy: str) -> None:
+        if name not in self.features:
+            self.features[name] = policy
+
+    def with_policy(self, ctx: Context, *policies: str) -> Mask:
+        return ctx.map.mask(name for name, policy in self.features.items() if policy in policies)
+
+    def data(self, ctx: Context) -> Mask:
+        """x86ModelFromCPU(cpu, -1): model features + force/require - disable/forbid."""
+        mask = ctx.model_mask(self.model) if self.model else 0
+        for name, policy in self.features.items():
+            if policy in ENABLING:
+                mask |= ctx.map.bit(name)
+            elif policy in DISABLING:
+                mask &= ~ctx.map.bit(name)
+        return mask
+
+    def as_dict(self) -> CPUDict:
+        cpu: CPUDict = {"mode": self.mode}
+        if self.mode == "custom":
+            cpu["match"] = self.match
+        cpu["check"] = self.check
+        cpu.update(self.rest)
+        model = {key: value for key, value in (("name", self.model if self.mode == "custom" else None),
+                                                ("fallback", self.fallback if self.mode in ("custom", "host-model") else None),
+                                                ("vendor_id", self.vendor_id)) if value is not None}
+        if model:
+            cpu["model"] = model
+        if self.vendor and self.mode == "custom":
+            cpu["vendor"] = self.vendor
+        cpu["features"] = [{"name": name, "policy": policy} for name, policy in self.features.items()]
+        return ordered(cpu)
+
+
+# ---------------------------------------------------------------------------------------------
+# the steps of a start
+
+
+def _incompatible(message: str, **kwargs: Any) -> GuestWouldNotStart:
+    return GuestWouldNotStart("the CPU is incompatible with host CPU: %s" % message, **kwargs)
+
+
+def _fix(names: Iterable[str]) -> List[Dict[str, str]]:
+    return [{"name": name, "policy": "disable"} for name in names]
+
+
+def _validate_features(ctx: Context, cpu: GuestCPU) -> None:
+    for name in cpu.features:
+        if name not in ctx.map.index:
+            raise GuestWouldNotStart("unsupported configuration: unknown CPU feature: %s" % name,
+                                     hint="remove it or use a name from libvirt's CPU map (the facts' expansion.features)")
+
+
+def _check_mode(ctx: Context, cpu: GuestCPU) -> None:
+    if not ctx.modes.get(cpu.mode):
+        supported = [mode for mode, ok in ctx.modes.items() if ok]
+        raise GuestWouldNotStart("unsupported configuration: CPU mode '%s' for %s %s domain on %s host is not supported "
+                                 "by hypervisor" % (cpu.mode, ctx.arch, ctx.virt_type, ctx.arch),
+                                 hint="use one of the supported modes: %s" % ", ".join(supported))
+
+
+def _check_forbidden(ctx: Context, cpu: GuestCPU) -> None:
+    """virCPUCheckForbiddenFeatures: a forbid feature the full host CPU lists by name."""
+    if ctx.host is None:
+        return
+    for name, policy in cpu.features.items():
+        if policy == "forbid" and ctx.map.bit(name) & ctx.host[2]:
+            raise _incompatible("Host CPU provides forbidden feature '%s'" % name, forbidden_features=[name],
+                                hint="the host has '%s'; use policy disable instead of forbid" % name)
+
+
+def _compare(ctx: Context, cpu: GuestCPU) -> None:
+    """x86Compute(full host CPU, cpu) with failIncompatible: what check='partial' refuses."""
+    if ctx.host is None:
+        raise _incompatible("unknown host CPU")
+    host_vendor, host, _listed = ctx.host
+    if cpu.vendor and (not host_vendor or cpu.vendor != host_vendor):
+        raise _incompatible("host CPU vendor does not match required CPU vendor %s" % cpu.vendor,
+                            hint="remove the vendor or use the host's vendor %s" % host_vendor)
+    force = cpu.with_policy(ctx, "force")
+    require = (ctx.model_mask(cpu.model) if cpu.model else 0) | cpu.with_policy(ctx, "require")
+    optional = cpu.with_policy(ctx, "optional")
+    disable = cpu.with_policy(ctx, "disable")
+    forbidden = cpu.with_policy(ctx, "forbid") & host
+    if forbidden:
+        names = ctx.map.names_of(forbidden)
+        raise _incompatible("Host CPU provides forbidden features: %s" % ", ".join(names), forbidden_features=names,
+                            hint="use policy disable instead of forbid for %s" % ", ".join(names))
+    require &= ~(force | optional | disable)
+    missing = require & ~host
+    if missing:
+        names = ctx.map.names_of(missing)
+        raise _incompatible("Host CPU does not provide required features: %s" % ", ".join(names),
+                            missing_features=names, fix=_fix(names),
+                            hint="disable %s (or choose a model the host can run, or check: none)" % ", ".join(names))
+    extra = host & ~(optional | require | disable | force)
+    if extra and cpu.match == "strict":
+        names = ctx.map.names_of(extra)
+        raise _incompatible("Host CPU does not strictly match guest CPU: Extra features: %s" % ", ".join(names),
+                            extra_features=names, hint="use match: exact")
+
+
+def _host_model_data(ctx: Context) -> Mask:
+    model, _vendor, features = ctx.host_model
+    mask = ctx.model_mask(model)
+    for name, policy in features:
+        if policy in ENABLING:
+            mask |= ctx.map.bit(name)
+        elif policy in DISABLING:
+            mask &= ~ctx.map.bit(name)
+    return mask
+
+
+def _copy_host_model(ctx: Context, cpu: GuestCPU) -> None:
+    """x86UpdateHostModel: the migratable host-model CPU with the domain's features merged in."""
+    model, vendor, features = ctx.host_model
+    merged: "OrderedDict[str, str]" = OrderedDict(features)
+    for name, policy in cpu.features.items():
+        merged[name] = policy
+    keep_vendor = cpu.mode == "custom"
+    cpu.model = model
+    cpu.features = merged
+    if not keep_vendor:
+        cpu.vendor = vendor
+    cpu.mode = "custom"
+    cpu.match = "exact"
+
+
+def _disable_removed(ctx: Context, cpu: GuestCPU) -> None:
+    info = ctx.map.models.get(cpu.model)
+    for name in info.removed if info else ():
+        cpu.add_if_missing(name, "disable")
+
+
+def _update(ctx: Context, cpu: GuestCPU) -> None:
+    """virCPUUpdate / virCPUx86Update with the migratable host-model CPU."""
+    relative = (cpu.mode == "host-model" or cpu.match == "minimum"
+                or any(policy == "optional" for policy in cpu.features.values()))
+    if relative:
+        if ctx.host_model is None:
+            raise GuestWouldNotStart("unsupported configuration: unknown host CPU model",
+                                     hint="this virt type reports no host-model CPU; use a custom model")
+        host_data = _host_model_data(ctx)
+        for name, policy in list(cpu.features.items()):
+            if policy == "optional":
+                cpu.features[name] = "require" if ctx.map.bit(name) & host_data else "disable"
+        if cpu.mode == "host-model" or cpu.match == "minimum":
+            _copy_host_model(ctx, cpu)
+    ctx.model_mask(cpu.model)
+    _disable_removed(ctx, cpu)
+
+
+def _translate(ctx: Context, cpu: GuestCPU) -> None:
+    """virCPUTranslate: a model the hypervisor does not know is replaced (fallback allow) or refused."""
+    if cpu.model in ctx.allowed:
+        return
+    if cpu.fallback != "allow":
+        raise GuestWouldNotStart("unsupported configuration: CPU model %s is not supported by hypervisor" % cpu.model,
+                                 hint="use a model QEMU knows (the facts' modes.custom.models) or fallback: allow")
+    info = ctx.map.models[cpu.model]
+    data = cpu.data(ctx)
+    signature = None
+    if info.signatures:
+        family, model, steppings = info.signatures[0]
+        signature = (family, model, steppings[0] if steppings else 0)
+    translated = decode(ctx.map, data, info.vendor, signature, guest=True, allowed=ctx.allowed)
+    features: "OrderedDict[str, str]" = OrderedDict(translated.features)
+    for name, policy in cpu.features.items():
+        features[name] = policy
+    cpu.model = translated.model
+    cpu.features = features
+
+
+def _filter_for_qemu(ctx: Context, cpu: GuestCPU) -> None:
+    """Drop what libvirt never gives QEMU: ignored features, and disabled features QEMU does not know."""
+    for name, policy in list(cpu.features.items()):
+        if name in IGNORED_FEATURES or (policy in DISABLING and ctx.map.bit(name) & ctx.unknown):
+            del cpu.features[name]
+
+
+def _qemu_base(ctx: Context, cpu: GuestCPU) -> Mask:
+    if cpu.mode in PASSTHROUGH_MODES:
+        return ctx.migratable if cpu.rest.get("migratable", True) else ctx.supported
+    if cpu.model not in ctx.qemu_models:
+        raise ExpansionDataError("the expansion data has no QEMU expansion of model '%s'; gather the facts again"
+                                 % cpu.model)
+    return ctx.qemu_models[cpu.model]
+
+
+def _msr_value(ctx: Context, enabled: Mask, index: int) -> Tuple[int, List[str]]:
+    value = 0
+    names = []
+    for name, (msr_index, bit) in ctx.msr.items():
+        if msr_index == index and enabled & ctx.map.bit(name):
+            value |= 1 << bit
+            names.append(name)
+    return value, names
+
+
+def _check_msr_failures(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
+    """QEMU dies when KVM refuses the value of an MSR (nested KVM and MSR 0x10a, arch-capabilities)."""
+    for index, failed_value in ctx.msr_failures:
+        parent = MSR_PARENTS.get(index)
+        if parent and not enabled & ctx.map.bit(parent):
+            continue
+        value, names = _msr_value(ctx, enabled, index)
+        named_bits = 0
+        for msr_index, bit in ctx.msr.values():
+            if msr_index == index:
+                named_bits |= 1 << bit
+        if cpu.mode in PASSTHROUGH_MODES and cpu.rest.get("migratable") is False:
+            value |= failed_value & ~named_bits
+        if value:
+            fix_names = [parent] if parent else names
+            raise GuestWouldNotStart(
+                "internal error: qemu unexpectedly closed the monitor: qemu-system-x86_64: error: failed to set MSR "
+                "0x%x to 0x%x" % (index, value),
+                missing_features=names, fix=_fix(fix_names),
+                hint="KVM on this host refuses MSR 0x%x (%s); disable %s to start the guest"
+                     % (index, ", ".join(names) or "unnamed bits", " or ".join(fix_names)))
+
+
+def _qemu_cpu(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
+    """The features QEMU enables and the ones it reports unavailable, for the -cpu libvirt builds."""
+    plus = cpu.with_policy(ctx, *ENABLING)
+    minus = cpu.with_policy(ctx, *DISABLING)
+    unknown = plus & ctx.unknown
+    if unknown:
+        names = ctx.map.names_of(unknown)
+        raise GuestWouldNotStart("QEMU does not know the CPU feature%s %s" % ("s" if len(names) > 1 else "", ", ".join(names)),
+                                 missing_features=names, hint="remove %s from the CPU" % ", ".join(names))
+    requested = (_qemu_base(ctx, cpu) | plus) & ~minus
+    cleared_by_user = 0
+    for parent, children in ctx.dependencies:
+        if not requested & parent:
+            cleared_by_user |= requested & children & plus
+            requested &= ~children
+    enabled = requested & ctx.supported
+    disabled = (requested & ~ctx.supported) | cleared_by_user
+    _check_msr_failures(ctx, cpu, enabled)
+    return enabled, disabled
+
+
+def _verify_invtsc(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
+    """qemuProcessVerifyCPUFeatures."""
+    invtsc = ctx.map.bit("invtsc")
+    if cpu.mode == "custom" and not cpu.model:
+        return
+    if cpu.data(ctx) & invtsc and not enabled & invtsc:
+        raise GuestWouldNotStart("unsupported configuration: host doesn't support invariant TSC",
+                                 missing_features=["invtsc"], fix=_fix(["invtsc"]), hint="remove the invtsc feature")
+
+
+def _update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> None:
+    """virCPUx86UpdateLive: reconcile the definition with what QEMU really did."""
+    passthrough = cpu.mode in PASSTHROUGH_MODES
+    data = cpu.data(ctx)
+    disabled_by_definition = cpu.with_policy(ctx, "disable")
+    added: List[str] = []
+    removed: List[str] = []
+    full = cpu.check == "full"
+    for position, name in enumerate(ctx.map.names):
+        bit = 1 << position
+        if data & bit:
+            expected = "require"
+        elif not passthrough or disabled_by_definition & bit:
+            expected = "disable"
+        else:
+            expected = None
+        if expected == "disable" and enabled & bit:
+            if full:
+                added.append(name)
+            else:
+                cpu.update_feature(name, "require")
+        if disabled & bit or (expected == "require" and not enabled & bit):
+            if full:
+                removed.append(name)
+            else:
+                cpu.update_feature(name, "disable")
+    if cpu.model:
+        _disable_removed(ctx, cpu)
+    if added or removed:
+        parts = []
+        if added:
+            parts.append("extra features: %s" % ",".join(added))
+        if removed:
+            parts.append("missing features: %s" % ",".join(removed))
+        raise GuestWouldNotStart("operation failed: guest CPU doesn't match specification: %s" % ", ".join(parts),
+                                 missing_features=removed, extra_features=added, fix=_fix(removed) or None,
+                                 hint="use check: partial (or none) to let libvirt adjust the CPU, or disable %s"
+                                      % ", ".join(removed) if removed else "use check: partial (or none)")
+
+
+def predict_live_cpu(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> CPUDict:
+    """The CPU libvirt's live XML shows after a guest with *cpu* starts on *entry*'s host and virt type.
+
+    *cpu* is the domain's CPU dict (``{}`` or None: no ``<cpu>``, libvirt's default qemu64).
+    Raises ``GuestWouldNotStart`` when libvirt or QEMU would refuse to start it, ``CPUDefinitionError``
+    when libvirt would refuse to define it, ``ExpansionDataError`` when the facts cannot tell.
+    """
+    ctx = context_for(entry)
+    validate_cpu(cpu or {})
+    guest = GuestCPU(normalize_cpu(cpu or {}, ctx.virt_type, ctx.libvirt_version))
+    _validate_features(ctx, guest)
+    _check_mode(ctx, guest)
+    if guest.check != "none":
+        _check_forbidden(ctx, guest)
+    if guest.mode not in PASSTHROUGH_MODES:
+        if guest.check == "partial":
+            _compare(ctx, guest)
+        _update(ctx, guest)
+        _translate(ctx, guest)
+        guest.fallback = "forbid"
+    _filter_for_qemu(ctx, guest)
+    enabled, disabled = _qemu_cpu(ctx, guest)
+    _verify_invtsc(ctx, guest, enabled)
+    if guest.mode == "custom" or guest.check == "full":
+        _update_live(ctx, guest, enabled, disabled)
+        guest.check = "full"
+    return guest.as_dict()
