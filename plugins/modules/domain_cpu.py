@@ -270,6 +270,10 @@ domains:
     state:
       description: The domain state after the task (C(running), C(paused), C(shutoff), ...).
       type: str
+    rolled_back:
+      description: The guest did not start with the new CPU; its previous definition was restored and it was started again as it was (the task fails).
+      type: bool
+      returned: when a restart failed
     predicted_live_cpu:
       description: The CPU a start of the new definition is expected to give, computed from this host's facts. Only when the expansion library is available.
       type: dict
@@ -655,8 +659,8 @@ def restart(conn, job: CPUJob, timeout: int) -> None:
         reason = libvirt_message(exc)
     outcome = roll_back(conn, job, paused)
     hint = start_failure_hint(reason)
-    raise RestartError("domain '%s' did not start with its new CPU: %s.%s %s"
-                       % (job.name, reason, (" Fix: %s." % hint) if hint else "", outcome[:1].upper() + outcome[1:]))
+    raise RestartError("domain '%s' did not start with its new CPU: %s.%s %s."
+                       % (job.name, reason.rstrip("."), (" Fix: %s." % hint) if hint else "", outcome[:1].upper() + outcome[1:]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -727,7 +731,11 @@ class Runner:
             self.diffs.append(cpu_diff(job.name, cpu_element_text(job.inactive_xml), after_text))
         self.results.append(result)
         if restarted and not check_mode:
-            restart(self.conn, job, self.params["shutdown_timeout"])
+            try:
+                restart(self.conn, job, self.params["shutdown_timeout"])
+            except RestartError:
+                self.record_rollback(job, result)
+                raise
             job = job._replace(live_xml=call("reading the live XML of '%s'" % job.name, job.domain.XMLDesc, 0))
             result["state"] = state_name(job.domain)
         if job.live_xml is not None:
@@ -735,6 +743,13 @@ class Runner:
         prediction = predicted_live(job, cpu_after, self.checks.entries.get(HostChecks.key(job.info)))
         if prediction is not None:
             result["predicted_live_cpu"] = prediction
+
+    def record_rollback(self, job: CPUJob, result: Dict[str, Any]) -> None:
+        """The result of a domain whose restart failed: back on its previous definition."""
+        result.update(cpu=read_cpu(inactive_xml(job.domain)), restarted=False, restart_required=False,
+                      rolled_back=True, state=state_name(job.domain))
+        if job.domain.isActive():
+            result["live_cpu"] = read_cpu(job.domain.XMLDesc(0))
 
     def run(self) -> None:
         jobs = self.read_all()

@@ -1,0 +1,341 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""hostcpu.libvirt.domain_cpu through ansible-playbook against the real libvirtd, kvm and qemu.
+
+Each test defines its own hostcpu-test-<random>-... domains (started paused where they must run)
+and removes them. Tasks that belong together run in one ansible-playbook to keep the suite short.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import pytest
+
+from conftest import domain_xml, libvirt, module_task
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import read_cpu, without_cpu
+
+FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+LIBVIRT_DEFAULT = {"mode": "custom", "match": "exact", "check": "none", "model": {"name": "qemu64", "fallback": "forbid"}}
+NO_ARCH_CAPS = {"arch-capabilities": "disable"}
+# A CPU of each mode that libvirt 9.0 accepts for that virt type on this machine.
+MODE_ARGS = {
+    "kvm": {
+        "custom": {"mode": "custom", "model": "EPYC", "features": {"svm": "disable"}},
+        "host-model": {"mode": "host-model", "features": NO_ARCH_CAPS},
+        "host-passthrough": {"mode": "host-passthrough", "migratable": False},
+        "maximum": {"mode": "maximum"},
+    },
+    "qemu": {
+        "custom": {"mode": "custom", "model": "Westmere", "check": "partial"},
+        "host-model": {"mode": "host-model"},
+        "maximum": {"mode": "maximum", "migratable": True},
+    },
+}
+
+
+def inactive(dom) -> str:
+    return dom.XMLDesc(FLAGS)
+
+
+def stored_cpu(dom) -> Dict[str, Any]:
+    return read_cpu(inactive(dom))
+
+
+def live_cpu(dom) -> Dict[str, Any]:
+    return read_cpu(dom.XMLDesc(0))
+
+
+def only(result: Dict[str, Any]) -> Dict[str, Any]:
+    assert not result.get("failed"), result.get("msg")
+    [domain] = result["domains"]
+    return domain
+
+
+def cpu_task(names, check_mode: bool = False, diff_mode: bool = False, **args: Any) -> Dict[str, Any]:
+    """A domain_cpu task; *args* are the module's options."""
+    return module_task("domain_cpu", dict(args, name=names), check_mode=check_mode, diff=diff_mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# every mode, idempotent
+
+
+@pytest.mark.parametrize("virt_type", ["kvm", "qemu"])
+def test_every_mode_is_set_once_then_never_again(virt_type, virt_types, domains, run_tasks):
+    if virt_type not in virt_types:
+        pytest.skip("no usable /dev/kvm")
+    doms = {mode: domains.define(mode, virt_type) for mode in MODE_ARGS[virt_type]}
+    tasks = []
+    for check in (False, False, True):
+        tasks += [cpu_task(dom.name(), check_mode=check, **MODE_ARGS[virt_type][mode]) for mode, dom in doms.items()]
+    results = run_tasks(tasks)
+    count = len(doms)
+    for index, (mode, dom) in enumerate(doms.items()):
+        first, second, third = (only(results[index + count * run]) for run in range(3))
+        assert first["changed"] and first["cpu_before"] == LIBVIRT_DEFAULT
+        assert first["cpu"] == stored_cpu(dom) and first["cpu"]["mode"] == mode
+        assert not second["changed"] and second["cpu"] == first["cpu"]
+        assert not third["changed"], "check mode reports a change on the second run of %s" % mode
+        assert not first["restart_required"] and "live_cpu" not in first
+
+
+# ---------------------------------------------------------------------------------------------
+# features: merge and replace
+
+
+def test_features_merge_keeps_others_and_replace_makes_them_exact(domains, run_tasks):
+    dom = domains.define("a", "qemu")
+    name = dom.name()
+    results = run_tasks([
+        cpu_task(name, mode="host-model", features={"svm": "disable", "vme": "disable"}),
+        cpu_task(name, features=[{"name": "avx2", "policy": "disable"}, {"name": "svm", "policy": "require"}]),
+        cpu_task(name, features={"vme": "disable"}, features_mode="replace"),
+        cpu_task(name, features={"vme": "disable"}, features_mode="replace"),
+    ])
+    merged, replaced, again = only(results[1]), only(results[2]), only(results[3])
+    assert merged["cpu"]["features"] == [{"name": "svm", "policy": "require"}, {"name": "vme", "policy": "disable"},
+                                         {"name": "avx2", "policy": "disable"}]
+    assert replaced["changed"] and replaced["cpu"]["features"] == [{"name": "vme", "policy": "disable"}]
+    assert not again["changed"]
+    assert stored_cpu(dom) == {"mode": "host-model", "check": "partial", "features": [{"name": "vme", "policy": "disable"}]}
+
+
+def test_a_whole_cpu_from_the_facts_goes_straight_in(domains, run_tasks):
+    dom = domains.define("a", "qemu", "<cpu><topology sockets='1' cores='2' threads='1'/></cpu>", vcpus=2)
+    host_model = "{{ facts.ansible_facts.hostcpu.virt_types.qemu.modes['host-model'].cpu }}"
+    results = run_tasks([
+        dict(module_task("cpu_facts", {"virt_types": ["qemu"]}), register="facts"),
+        cpu_task(dom.name(), cpu=host_model),
+        cpu_task(dom.name(), cpu=host_model),
+    ])
+    facts_cpu = results[0]["ansible_facts"]["hostcpu"]["virt_types"]["qemu"]["modes"]["host-model"]["cpu"]
+    first, second = only(results[1]), only(results[2])
+    assert first["changed"] and not second["changed"]
+    stored = stored_cpu(dom)
+    assert stored["mode"] == "custom" and stored["model"]["name"] == facts_cpu["model"]["name"]
+    assert stored["features"] == [{"name": f["name"], "policy": f["policy"]} for f in facts_cpu["features"]]
+    assert stored["topology"] == {"sockets": 1, "dies": 1, "cores": 2, "threads": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# absent
+
+
+@pytest.mark.parametrize("virt_type", ["kvm", "qemu"])
+def test_absent_leaves_libvirts_default_and_is_then_a_no_op(virt_type, virt_types, domains, run_tasks):
+    if virt_type not in virt_types:
+        pytest.skip("no usable /dev/kvm")
+    plain = domains.define("plain", virt_type, "<cpu mode='host-model'/>")
+    numa = domains.define("numa", virt_type, vcpus=2, cpu_xml=(
+        "<cpu mode='maximum'><topology sockets='1' cores='2' threads='1'/>"
+        "<numa><cell id='0' cpus='0-1' memory='64' unit='MiB'/></numa></cpu>"))
+    numa_before = inactive(numa)
+    names = [plain.name(), numa.name()]
+    results = run_tasks([cpu_task(names, state="absent"), cpu_task(names, state="absent"),
+                         cpu_task(names, state="absent", check_mode=True)])
+    assert [d["changed"] for d in results[0]["domains"]] == [True, True]
+    assert stored_cpu(plain) == LIBVIRT_DEFAULT
+    assert stored_cpu(numa) == LIBVIRT_DEFAULT
+    assert "<cell id='0' cpus='0-1' memory='65536' unit='KiB'/>" in inactive(numa)
+    assert without_cpu(inactive(numa)) == without_cpu(numa_before)
+    assert not results[1]["changed"] and not results[2]["changed"]
+
+
+# ---------------------------------------------------------------------------------------------
+# many domains in one task
+
+
+def test_a_list_of_domains_converges_in_one_task(virt_types, domains, run_tasks):
+    doms = [domains.define("d%d" % index, virt_types[index % len(virt_types)]) for index in range(4)]
+    names = [dom.name() for dom in doms]
+    already = cpu_task(names[1], mode="host-model", features=NO_ARCH_CAPS)
+    results = run_tasks([already, cpu_task(names, mode="host-model", features=NO_ARCH_CAPS),
+                         cpu_task(names, mode="host-model", features=NO_ARCH_CAPS)])
+    first, second = results[1], results[2]
+    assert [d["name"] for d in first["domains"]] == names
+    assert [d["changed"] for d in first["domains"]] == [True, False, True, True]
+    assert first["changed"] and not second["changed"]
+    for dom in doms:
+        assert stored_cpu(dom) == {"mode": "host-model", "check": "partial", "features": [{"name": "arch-capabilities", "policy": "disable"}]}
+
+
+def test_one_invalid_domain_in_the_list_changes_none(domains, run_module):
+    good = [domains.define("good%d" % index, "qemu") for index in range(2)]
+    bad = domains.define("bad", "qemu", "<cpu mode='host-model'/>")
+    before = {dom.name(): inactive(dom) for dom in good + [bad]}
+    # host-passthrough is fine for nothing here: qemu (TCG) does not support it
+    result = run_module("domain_cpu", {"name": [good[0].name(), bad.name(), good[1].name()], "mode": "host-passthrough"})
+    assert result["failed"] and result["msg"].startswith("nothing was changed: ")
+    assert result["msg"].count("CPU mode 'host-passthrough' is not supported for qemu guests") == 3
+    assert {dom.name(): inactive(dom) for dom in good + [bad]} == before
+
+
+# ---------------------------------------------------------------------------------------------
+# validation: one clear message each, the domain byte for byte as it was
+
+
+VALIDATION_ERRORS = [
+    ("kvm", {"mode": "custom", "model": "EPYCC"}, "did you mean 'EPYC'"),
+    ("kvm", {"mode": "custom", "model": "NoSuchModel"}, "models usable here: pentium3, pentium2, pentium, 486"),
+    ("kvm", {"mode": "host-model", "features": {"arch-capabilitis": "disable"}}, "did you mean 'arch-capabilities'"),
+    ("kvm", {"mode": "host-model", "features": {"sse3": "disable"}}, "libvirt calls it 'pni'"),
+    ("qemu", {"mode": "host-passthrough"}, "CPU mode 'host-passthrough' is not supported for qemu guests"),
+    ("kvm", {"mode": "custom", "model": "pentium3", "migratable": True}, "migratable is only supported with host-passthrough or maximum"),
+    ("kvm", {"mode": "custom", "vendor": "AMD"}, "CPU vendor specified without CPU model"),
+    ("kvm", {"mode": "host-model", "match": "exact"}, "match applies to mode custom only"),
+    ("kvm", {"mode": "custom", "model": "pentium3", "vendor_id": "AuthenticAM"}, "vendor_id must be exactly 12 characters"),
+    ("kvm", {"mode": "host-model", "features": {"svm": "maybe"}}, "feature 'svm' policy 'maybe' is not valid"),
+    ("kvm", {"mode": "custom", "model": "EPYC"}, "the host does not provide required features svm. Disable them (features: {svm: disable})"),
+    ("kvm", {"mode": "host-model", "features": {"arch-capabilities": "disable", "clwb": "forbid"}}, "forbidden feature"),
+    ("qemu", {"mode": "host-model", "features": {"pcid": "require"}}, "the host does not provide required features pcid"),
+    ("kvm", {"state": "absent", "mode": "maximum"}, "state absent removes <cpu>; do not combine it with CPU options (mode)"),
+    ("kvm", {"mode": "maximum", "cpu": {"mode": "maximum"}}, "mutually exclusive"),
+]
+
+
+def test_each_validation_error_is_clear_and_changes_nothing(virt_types, domains, run_tasks):
+    doms = {vt: domains.define(vt, vt, "<cpu mode='maximum'/>", start=False) for vt in virt_types}
+    before = {vt: inactive(dom) for vt, dom in doms.items()}
+    cases = [case for case in VALIDATION_ERRORS if case[0] in doms]
+    results = run_tasks([cpu_task(doms[vt].name(), **args) for vt, args, _words in cases])
+    for (vt, args, words), result in zip(cases, results):
+        assert result.get("failed"), (args, result)
+        assert words in result["msg"], (args, result["msg"])
+        assert "Traceback" not in result["msg"] and "exception" not in result
+    assert {vt: inactive(dom) for vt, dom in doms.items()} == before
+
+
+def test_unknown_and_transient_domains_are_refused(conn, domains, run_tasks):
+    defined = domains.define("defined", "qemu", "<cpu mode='host-model'/>")
+    transient_name = domains.name("transient")
+    conn.createXML(domain_xml(transient_name, "qemu"), libvirt.VIR_DOMAIN_START_PAUSED)
+    before = inactive(defined)
+    results = run_tasks([cpu_task([defined.name(), domains.name("missing")], mode="maximum"),
+                         cpu_task(transient_name, mode="maximum")])
+    assert results[0]["failed"] and "no domain named '%s'" % domains.names[-1] in results[0]["msg"]
+    assert results[1]["failed"] and "is transient" in results[1]["msg"]
+    assert inactive(defined) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# check mode and diff
+
+
+def test_check_mode_predicts_and_writes_nothing_and_diff_shows_cpu(domains, run_tasks):
+    dom = domains.define("a", "qemu", "<cpu mode='host-model'/>")
+    before = inactive(dom)
+    results = run_tasks([cpu_task(dom.name(), check_mode=True, diff_mode=True, mode="maximum", migratable=False)])
+    predicted = results[0]
+    assert inactive(dom) == before
+    results = run_tasks([cpu_task(dom.name(), diff_mode=True, mode="maximum", migratable=False)])
+    real = results[0]
+    assert predicted["changed"] and real["changed"]
+    assert only(predicted)["cpu"] == only(real)["cpu"] == stored_cpu(dom) == {"mode": "maximum", "check": "none", "migratable": False}
+    [diff] = predicted["diff"]
+    assert diff["before_header"] == "%s: <cpu> before" % dom.name()
+    assert diff["before"] == "<cpu mode='host-model' check='partial'/>\n"
+    assert diff["after"] == "<cpu mode='maximum' check='none' migratable='off'/>\n"
+    assert real["diff"] == predicted["diff"]
+
+
+# ---------------------------------------------------------------------------------------------
+# running domains
+
+
+@pytest.mark.parametrize("virt_type,start_cpu,args,new_model", [
+    ("kvm", "<cpu mode='host-model'><feature policy='disable' name='arch-capabilities'/></cpu>",
+     {"mode": "custom", "model": "EPYC", "features": {"svm": "disable"}, "features_mode": "replace"}, "EPYC"),
+    ("qemu", "", {"mode": "host-model"}, "EPYC"),
+], ids=["kvm-host-model-to-EPYC", "qemu-default-to-host-model"])
+def test_running_guest_gets_the_new_cpu_on_restart_only(virt_type, start_cpu, args, new_model, virt_types, domains, run_tasks):
+    if virt_type not in virt_types:
+        pytest.skip("no usable /dev/kvm")
+    dom = domains.define("a", virt_type, start_cpu, start=True)
+    old_live = live_cpu(dom)
+    name = dom.name()
+    results = run_tasks([cpu_task(name, **args), cpu_task(name, **args),
+                         cpu_task(name, check_mode=True, restart=True, **args),
+                         cpu_task(name, restart=True, **args), cpu_task(name, restart=True, **args)])
+    changed, pending, check_restart, restarted, settled = (only(result) for result in results)
+    assert changed["changed"] and changed["restart_required"] and not changed["restarted"]
+    assert changed["live_cpu"] == old_live and changed["state"] == "paused"
+    assert not pending["changed"] and pending["restart_required"]
+    assert check_restart["changed"] and check_restart["restarted"] and not check_restart["restart_required"]
+    assert restarted["changed"] and restarted["restarted"] and not restarted["restart_required"]
+    assert restarted["state"] == "paused" and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    assert restarted["live_cpu"] == live_cpu(dom) != old_live
+    assert restarted["live_cpu"]["model"]["name"] == new_model
+    assert not settled["changed"] and not settled["restart_required"] and not settled["restarted"]
+
+
+def test_a_running_guest_that_ignores_shutdown_is_destroyed_after_the_timeout(domains, run_module):
+    dom = domains.define("a", "qemu")
+    dom.create()  # running, not paused: SeaBIOS without a disk never answers the ACPI request
+    result = only(run_module("domain_cpu", {"name": dom.name(), "mode": "maximum", "restart": True, "shutdown_timeout": 1}))
+    assert result["restarted"] and result["state"] == "running"
+    assert live_cpu(dom)["mode"] == "maximum"
+
+
+def test_a_failed_start_restores_the_previous_cpu_and_the_guest(virt_types, domains, run_module):
+    if "kvm" not in virt_types:
+        pytest.skip("no usable /dev/kvm")
+    dom = domains.define("a", "kvm", "<cpu mode='host-model'><feature policy='disable' name='arch-capabilities'/></cpu>", start=True)
+    before, old_live = inactive(dom), live_cpu(dom)
+    # nested KVM here refuses MSR 0x10a: host-model without disabling arch-capabilities does not start
+    result = run_module("domain_cpu", {"name": dom.name(), "mode": "host-model", "features": [],
+                                       "features_mode": "replace", "restart": True})
+    assert result["failed"]
+    assert "did not start with its new CPU" in result["msg"] and "MSR 0x10a" in result["msg"]
+    assert "features: {arch-capabilities: disable}" in result["msg"]
+    assert "previous CPU definition was restored and it was started again paused" in result["msg"]
+    [entry] = result["domains"]
+    assert entry["rolled_back"] and not entry["restarted"] and entry["cpu"] == entry["cpu_before"] == stored_cpu(dom)
+    assert entry["live_cpu"] == old_live and entry["state"] == "paused"
+    assert inactive(dom) == before
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED and live_cpu(dom) == old_live
+
+
+# ---------------------------------------------------------------------------------------------
+# xml mode
+
+
+def test_xml_mode_edits_text_without_libvirt(domains, run_tasks, conn):
+    dom = domains.define("a", "qemu", "<cpu mode='host-model'/>")
+    text = "<!-- templated -->\n" + inactive(dom)
+    domain_count = len(conn.listAllDomains())
+    results = run_tasks([
+        dict(module_task("domain_cpu", {"xml": text, "mode": "maximum"}, diff=True), register="edited"),
+        module_task("domain_cpu", {"xml": "{{ edited.xml }}", "mode": "maximum"}),
+        module_task("domain_cpu", {"xml": "{{ edited.xml }}", "state": "absent"}),
+        module_task("domain_cpu", {"xml": text, "mode": "custom", "model": "EPYC", "features": {"svm": "mabye"}}),
+    ])
+    edited, again, absent, bad = results
+    assert edited["changed"] and edited["cpu"] == {"mode": "maximum"}
+    assert edited["xml"].startswith("<!-- templated -->\n") and without_cpu(edited["xml"]) == without_cpu(text)
+    assert edited["diff"]["after"] == "<cpu mode='maximum'/>\n"
+    assert not again["changed"] and again["xml"] == edited["xml"]
+    assert absent["changed"] and "<cpu" not in absent["xml"]
+    assert bad["failed"] and "policy 'mabye' is not valid" in bad["msg"]
+    assert stored_cpu(dom) == {"mode": "host-model", "check": "partial"} and len(conn.listAllDomains()) == domain_count
+
+
+# ---------------------------------------------------------------------------------------------
+# a change by someone else between read and write
+
+
+def test_a_concurrent_change_is_not_overwritten(conn, domains):
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import parse_version
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+    from ansible_collections.hostcpu.libvirt.plugins.modules.domain_cpu import read_job, write_job
+
+    dom = domains.define("a", "qemu", "<cpu mode='host-model'/>")
+    version = parse_version(conn.getLibVersion())
+    job = read_job(conn, dom.name(), "qemu:///system", {"mode": "maximum"}, {"state": "present"}, "merge", version)
+    assert job.plan.changed
+    conn.defineXML(inactive(dom).replace("<memory unit='KiB'>65536</memory>", "<memory unit='KiB'>131072</memory>"))
+    changed_by_other = inactive(dom)
+    with pytest.raises(CPUError, match="was changed by someone else"):
+        write_job(conn, job)
+    assert inactive(dom) == changed_by_other
