@@ -17,7 +17,7 @@ from typing import Any, Dict
 import pytest
 from lxml import etree
 
-from conftest import URI, libvirt, run_playbook_task
+from conftest import URI, libvirt, module_task, run_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT / "tests" / "unit" / "fixtures" / "real"
@@ -26,8 +26,8 @@ VERIFY_PREFIX = "hostcpu-verify-"
 GUEST_LOG_DIR = Path("/var/log/libvirt/qemu")
 
 
-def cpu_facts(tmp_path: Path, args: Dict[str, Any], extra=None) -> Dict[str, Any]:
-    return run_playbook_task({"name": "probe", "hostcpu.libvirt.cpu_facts": args}, tmp_path, extra)
+def cpu_facts(tmp_path: Path, args: Dict[str, Any], extra=None, **options: Any) -> Dict[str, Any]:
+    return run_playbook([module_task("cpu_facts", args, **options)], tmp_path, extra)[0]
 
 
 def hostcpu(result: Dict[str, Any]) -> Dict[str, Any]:
@@ -145,7 +145,7 @@ def test_virt_types_option_limits_the_probe(tmp_path):
 
 
 def test_check_mode_reads_the_same(facts, tmp_path):
-    checked = hostcpu(cpu_facts(tmp_path, {}, ["--check"]))
+    checked = hostcpu(cpu_facts(tmp_path, {}, check_mode=True))
     assert checked == facts
 
 
@@ -248,31 +248,41 @@ def failure(result: Dict[str, Any]) -> str:
     return result["msg"]
 
 
-def test_unknown_virt_type(tmp_path):
-    message = failure(cpu_facts(tmp_path, {"virt_types": ["kvm", "xen"]}))
-    assert "xen" in message and "kvm, qemu" in message
+BAD_INPUTS = {
+    "unknown virt type": ({"virt_types": ["kvm", "xen"]}, ["xen", "kvm, qemu"]),
+    "uri refused": ({"uri": "qemu+tcp://127.0.0.1:1/system"},
+                    ["cannot connect to libvirt at 'qemu+tcp://127.0.0.1:1/system'", "option 'uri'"]),
+    "uri without a daemon": ({"uri": "test:///nonexistent-file"},
+                             ["cannot connect to libvirt at 'test:///nonexistent-file'", "option 'uri'"]),
+    "malformed capabilities": ({"capabilities_xml": "<capabilities><host>"}, ["capabilities_xml is not well-formed XML"]),
+    "malformed domcapabilities": ({"domain_capabilities_xml": {"kvm": "<domainCapabilities>"}},
+                                  ["domain capabilities of 'kvm'", "not well-formed XML"]),
+    "hostile XML": ({"domain_capabilities_xml": {"kvm": "<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/shadow'>]><domainCapabilities/>"}},
+                    ["contains a DOCTYPE or ENTITY declaration"]),
+    "unknown offline virt type": ({"domain_capabilities_xml": {"lxc": "<domainCapabilities/>"}},
+                                  ["unknown virt type 'lxc'; valid virt types are: kvm, qemu"]),
+    "offline under the wrong key": ({"domain_capabilities_xml": {"kvm": (REAL / "domcapabilities-qemu.xml").read_text()}},
+                                    ["put them under the key 'qemu'"]),
+    "offline not text": ({"domain_capabilities_xml": {"kvm": 5}}, ["domain_capabilities_xml.kvm must be the XML text"]),
+    "uri and offline": ({"uri": URI, "capabilities_xml": "<capabilities/>"}, ["uri cannot be combined with capabilities_xml"]),
+    "verify offline": ({"verify_modes": True, "domain_capabilities_xml": {}}, ["verify_modes needs a libvirt connection"]),
+}
 
 
-@pytest.mark.parametrize("uri", ["qemu+tcp://127.0.0.1:1/system", "test:///nonexistent-file"])
-def test_uri_that_does_not_answer(tmp_path, uri):
-    message = failure(cpu_facts(tmp_path, {"uri": uri}))
-    assert message.startswith("cannot connect to libvirt at '%s'" % uri)
-    assert "option 'uri'" in message
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory) -> Dict[str, Dict[str, Any]]:
+    """Every bad input in one ansible-playbook run (each task ignore_errors)."""
+    names = list(BAD_INPUTS)
+    results = run_playbook([module_task("cpu_facts", BAD_INPUTS[name][0]) for name in names],
+                           tmp_path_factory.mktemp("bad"))
+    return dict(zip(names, results))
 
 
-@pytest.mark.parametrize("args, words", [
-    ({"capabilities_xml": "<capabilities><host>"}, "capabilities_xml is not well-formed XML"),
-    ({"domain_capabilities_xml": {"kvm": "<domainCapabilities>"}}, "domain capabilities of 'kvm'"),
-    ({"domain_capabilities_xml": {"kvm": "<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/shadow'>]><domainCapabilities/>"}},
-     "contains a DOCTYPE or ENTITY declaration"),
-    ({"domain_capabilities_xml": {"lxc": "<domainCapabilities/>"}}, "unknown virt type 'lxc'; valid virt types are: kvm, qemu"),
-    ({"domain_capabilities_xml": {"kvm": (REAL / "domcapabilities-qemu.xml").read_text()}}, "put them under the key 'qemu'"),
-    ({"domain_capabilities_xml": {"kvm": 5}}, "domain_capabilities_xml.kvm must be the XML text"),
-    ({"uri": URI, "capabilities_xml": "<capabilities/>"}, "uri cannot be combined with capabilities_xml"),
-    ({"verify_modes": True, "domain_capabilities_xml": {}}, "verify_modes needs a libvirt connection"),
-])
-def test_bad_offline_input(tmp_path, args, words):
-    assert words in failure(cpu_facts(tmp_path, args))
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_gets_one_clear_message(bad_input_results, name):
+    message = failure(bad_input_results[name])
+    for words in BAD_INPUTS[name][1]:
+        assert words in message, message
 
 
 @pytest.fixture(scope="module")
