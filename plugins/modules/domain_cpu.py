@@ -179,6 +179,15 @@ options:
       - Seconds to wait for a graceful shutdown before the guest is destroyed. V(0) destroys at once.
     type: int
     default: 60
+  predict:
+    description:
+      - Report, for each domain whose definition changes or whose guest runs an older CPU, the CPU a
+        start of the new definition will give (RV(domains[].predicted_live_cpu)), or the error
+        libvirt or QEMU would give (RV(domains[].predicted_start_error)), without starting it.
+      - Measures QEMU once per emulator, machine and virt type with a paused transient probe guest
+        (about a second), as P(hostcpu.libvirt.live_cpu#filter) does from the facts.
+    type: bool
+    default: false
 notes:
   - Supports check mode (everything is computed and validated, nothing is written or restarted;
     RV(domains[].restarted) then says whether the domain would be restarted) and diff mode
@@ -275,9 +284,18 @@ domains:
       type: bool
       returned: when a restart failed
     predicted_live_cpu:
-      description: The CPU a start of the new definition is expected to give, computed from this host's facts. Only when the expansion library is available.
+      description: The CPU a start of the new definition will give on this host (see O(predict)).
       type: dict
-      returned: when it can be computed
+      returned: with O(predict=true), for changed or restart-pending domains that would start
+    predicted_start_error:
+      description: The error libvirt or QEMU would give when starting the new definition (see O(predict)).
+      type: str
+      returned: with O(predict=true), for changed or restart-pending domains that would not start
+    predicted_fix:
+      description: Features to disable that make it start, when known.
+      type: list
+      elements: dict
+      returned: with RV(domains[].predicted_start_error)
 xml:
   description: The domain XML with the new C(<cpu>) (unchanged text when nothing changed).
   returned: when O(xml) is given
@@ -327,8 +345,9 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPU
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     host_model_as_custom_xml,
     host_model_cpu,
-    parse_domain_capabilities,
     usable_models,
+    version_text,
+    virt_type_entry,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import (
     Findings,
@@ -345,10 +364,11 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import
     validate_for_host,
 )
 
-try:
-    from ansible_collections.hostcpu.libvirt.plugins.module_utils import _expansion
-except ImportError:  # the expansion library is optional for this module
-    _expansion = None
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
+    GuestWouldNotStart,
+    expansion_data_from_libvirt,
+    predict_live_cpu,
+)
 
 SINGLE_CPU_OPTIONS = ("mode", "match", "check", "migratable", "model", "fallback", "vendor_id", "vendor",
                       "topology", "cache", "maxphysaddr", "features")
@@ -398,6 +418,7 @@ def argument_spec() -> Dict[str, Any]:
         features_mode={"type": "str", "choices": ["merge", "replace"]},
         restart={"type": "bool", "default": False},
         shutdown_timeout={"type": "int", "default": 60},
+        predict={"type": "bool", "default": False},
     )
     return spec
 
@@ -492,9 +513,11 @@ def read_job(conn, name: str, uri: str, wanted: Dict[str, Any], params: Dict[str
 class HostChecks:
     """The libvirt answers validation needs, each asked once per emulator/arch/machine/virt type."""
 
-    def __init__(self, conn) -> None:
+    def __init__(self, conn, version: Tuple[int, int, int]) -> None:
         self.conn = conn
+        self.version = version
         self.entries: Dict[Tuple, Any] = {}
+        self.measured: Dict[Tuple, Any] = {}
         self.provided: Dict[Tuple, List[str]] = {}
         self.compared: Dict[Tuple, Optional[str]] = {}
         self.features: Dict[str, Optional[KnownFeatures]] = {}
@@ -509,8 +532,20 @@ class HostChecks:
             xml = call("reading the domain capabilities for %s guests (emulator %s, arch %s, machine %s)"
                        % (info.virt_type, info.emulator, info.arch, info.machine),
                        self.conn.getDomainCapabilities, info.emulator, info.arch, info.machine, info.virt_type, 0)
-            self.entries[key] = parse_domain_capabilities(xml)
+            self.entries[key] = virt_type_entry(info.virt_type, xml, version_text(".".join(map(str, self.version))))
         return self.entries[key]
+
+    def measured_entry(self, info: DomainInfo) -> Dict[str, Any]:
+        """The entry with the expansion data the live-CPU prediction needs (one probe guest per target)."""
+        key = self.key(info)
+        if key not in self.measured:
+            entry = dict(self.entry(info))
+            try:
+                entry["expansion"] = expansion_data_from_libvirt(self.conn, entry)
+            except libvirt.libvirtError as exc:
+                raise LibvirtCallError("measuring QEMU's CPU expansion for the prediction failed: %s" % libvirt_message(exc)) from None
+            self.measured[key] = entry
+        return self.measured[key]
 
     def provided_anyway(self, info: DomainInfo) -> List[str]:
         """kvm: the required features of the expanded host-model CPU (part of libvirt's full host CPU)."""
@@ -674,17 +709,6 @@ def host_model(checks: HostChecks, job: CPUJob) -> Optional[Dict[str, Any]]:
         return None
 
 
-def predicted_live(job: CPUJob, cpu_after: Dict[str, Any], entry: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """The expansion library's prediction of the live CPU, when it is there and has an answer."""
-    predict = getattr(_expansion, "live_cpu", None) if _expansion is not None else None
-    if predict is None or entry is None:
-        return None
-    try:
-        return predict(cpu_after, entry)
-    except Exception:  # pylint: disable=broad-except  # an optional extra must never fail the task
-        return None
-
-
 class Runner:
     """One task over a list of domains on one connection."""
 
@@ -696,7 +720,7 @@ class Runner:
         self.version = parse_version(call("reading the libvirt version", conn.getLibVersion))
         self.wanted = wanted
         self.features_mode = features_mode
-        self.checks = HostChecks(conn)
+        self.checks = HostChecks(conn, self.version)
         self.results: List[Dict[str, Any]] = []
         self.diffs: List[Dict[str, str]] = []
 
@@ -740,9 +764,18 @@ class Runner:
             result["state"] = state_name(job.domain)
         if job.live_xml is not None:
             result["live_cpu"] = read_cpu(job.live_xml)
-        prediction = predicted_live(job, cpu_after, self.checks.entries.get(HostChecks.key(job.info)))
-        if prediction is not None:
-            result["predicted_live_cpu"] = prediction
+        if self.params["predict"] and (job.plan.changed or pending):
+            result.update(self.prediction(job, cpu_after))
+
+    def prediction(self, job: CPUJob, cpu_after: Dict[str, Any]) -> Dict[str, Any]:
+        """What a start of the new definition will give (or libvirt's refusal), from the host's measured data."""
+        try:
+            return {"predicted_live_cpu": predict_live_cpu(cpu_after, self.checks.measured_entry(job.info))}
+        except GuestWouldNotStart as exc:
+            return {"predicted_start_error": exc.reason, "predicted_fix": exc.fix}
+        except CPUError as exc:
+            self.module.warn("%s: no live CPU prediction: %s" % (job.name, exc))
+            return {}
 
     def record_rollback(self, job: CPUJob, result: Dict[str, Any]) -> None:
         """The result of a domain whose restart failed: back on its previous definition."""

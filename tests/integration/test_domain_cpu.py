@@ -339,3 +339,25 @@ def test_a_concurrent_change_is_not_overwritten(conn, domains):
     with pytest.raises(CPUError, match="was changed by someone else"):
         write_job(conn, job)
     assert inactive(dom) == changed_by_other
+
+
+# ---------------------------------------------------------------------------------------------
+# predict: the live CPU (or the refusal) before any start
+
+
+def test_predict_tells_the_start_failure_before_a_restart(virt_types, domains, run_module):
+    if "kvm" not in virt_types:
+        pytest.skip("no usable /dev/kvm")
+    dom = domains.define("a", "kvm", "<cpu mode='host-model'><feature policy='disable' name='arch-capabilities'/></cpu>", start=True)
+    before = inactive(dom)
+    entry = only(run_module("domain_cpu", {"name": dom.name(), "mode": "host-model", "features": [],
+                                           "features_mode": "replace", "predict": True}, check=True))
+    assert "failed to set MSR 0x10a" in entry["predicted_start_error"]
+    assert entry["predicted_fix"] == [{"name": "arch-capabilities", "policy": "disable"}]
+    assert inactive(dom) == before
+
+
+def test_predicted_live_cpu_is_what_the_restart_gives(domains, run_module):
+    dom = domains.define("a", "qemu", start=True)
+    entry = only(run_module("domain_cpu", {"name": dom.name(), "mode": "host-model", "predict": True, "restart": True}))
+    assert entry["restarted"] and entry["predicted_live_cpu"] == entry["live_cpu"] == live_cpu(dom)
