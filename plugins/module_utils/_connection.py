@@ -41,10 +41,9 @@ def resolve_uri(uri: Optional[str]) -> str:
 def require_libraries(module, need_libvirt: bool = True) -> None:
     """Fail the module with missing_required_lib when libvirt-python or lxml is absent."""
     if need_libvirt and not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"),
-                         exception=str(LIBVIRT_IMPORT_ERROR))
+        module.fail_json(msg="%s (%s)" % (missing_required_lib("libvirt-python (python3-libvirt)"), LIBVIRT_IMPORT_ERROR))
     if not HAS_LXML:
-        module.fail_json(msg=missing_required_lib("lxml (python3-lxml)"), exception=str(LXML_IMPORT_ERROR))
+        module.fail_json(msg="%s (%s)" % (missing_required_lib("lxml (python3-lxml)"), LXML_IMPORT_ERROR))
 
 
 def _silence_libvirt_stderr() -> None:
