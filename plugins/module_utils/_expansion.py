@@ -572,8 +572,9 @@ def _libvirt_message(exc: Exception) -> str:
     return " ".join(((getter() if getter else None) or str(exc)).split())
 
 
-def _probe_cpu_xml(label: str) -> str:
+def _probe_cpu_xml(label: str, disabled: Sequence[str] = ()) -> str:
     features = "".join("<feature policy='force' name='%s'/>" % name for name in NO_AUTOENABLE)
+    features += "".join("<feature policy='disable' name='%s'/>" % name for name in disabled)
     if label == "max":
         return "<cpu mode='maximum' migratable='off'>%s</cpu>" % features
     if label == "detect":
@@ -581,12 +582,13 @@ def _probe_cpu_xml(label: str) -> str:
     return ""
 
 
-def _create_probe_guest(conn, entry: Mapping[str, Any], token: str, label: str):
+def _create_probe_guest(conn, entry: Mapping[str, Any], token: str, label: str, disabled: Sequence[str] = ()):
     """``(domain, name, None)`` or ``(None, name, libvirt's error)``."""
     import libvirt  # pylint: disable=import-outside-toplevel
     name = "%s%s-%s-%s" % (PROBE_NAME_PREFIX, token, entry["domain_type"], label)
     try:
-        return conn.createXML(_probe_domain_xml(entry, name, _probe_cpu_xml(label)), libvirt.VIR_DOMAIN_START_PAUSED), name, None
+        domain = conn.createXML(_probe_domain_xml(entry, name, _probe_cpu_xml(label, disabled)), libvirt.VIR_DOMAIN_START_PAUSED)
+        return domain, name, None
     except libvirt.libvirtError as exc:
         _remove_guest_log(conn, name)
         return None, name, _libvirt_message(exc)
@@ -604,31 +606,47 @@ class ProbeGuest(NamedTuple):
     name: str
     msr_failures: List[Dict[str, Any]]
     unavailable: List[str]
+    max_overrides: Dict[str, bool]
+
+
+def _probe_from(conn, domain, name: str, failures: List[Dict[str, Any]], overrides: Dict[str, bool]) -> ProbeGuest:
+    try:
+        return ProbeGuest(domain, name, failures, _unavailable_features(domain), overrides)
+    except Exception:
+        _destroy_probe_guest(conn, domain, name)
+        raise
+
+
+def _msr_failure(error: Optional[str]) -> Optional[Dict[str, Any]]:
+    found = MSR_FAILURE.search(error or "")
+    return {"index": int(found.group(1), 16), "value": found.group(2).lower()} if found else None
 
 
 def _start_probe_guest(conn, entry: Mapping[str, Any], token: str) -> ProbeGuest:
     """A paused transient guest to ask QEMU through, and what starting it taught.
 
     The first try is the largest CPU (maximum, migratable off) with the NO_AUTOENABLE features
-    forced on: when QEMU dies on an MSR write, that is recorded as an MSR failure; otherwise its
-    unavailable-features tell which NO_AUTOENABLE features the accelerator lacks and it serves the
-    QMP questions. After an MSR failure a qemu64 guest with the same features answers that, and a
-    guest without any -cpu option (no global properties that would colour the expansions) serves QMP.
+    forced on: its unavailable-features tell which of those the accelerator lacks. When QEMU dies
+    writing an MSR, that is recorded as an MSR failure and the start is retried with the feature
+    announcing the MSR disabled (the -cpu option becomes a global property of 'max', which the
+    expansions override). Without maximum, a qemu64 guest answers the NO_AUTOENABLE question and a
+    guest without -cpu option (nothing colours the expansions) serves QMP.
     """
     failures: List[Dict[str, Any]] = []
-    errors = []
+    errors: List[str] = []
+    disabled: List[str] = []
     if (entry.get("modes") or {}).get("maximum", {}).get("supported"):
-        domain, name, error = _create_probe_guest(conn, entry, token, "max")
-        if domain is not None:
-            try:
-                return ProbeGuest(domain, name, failures, _unavailable_features(domain))
-            except Exception:
-                _destroy_probe_guest(conn, domain, name)
-                raise
-        errors.append(error)
-        found = MSR_FAILURE.search(error or "")
-        if found:
-            failures.append({"index": int(found.group(1), 16), "value": found.group(2).lower()})
+        for _attempt in range(3):
+            domain, name, error = _create_probe_guest(conn, entry, token, "max", disabled)
+            if domain is not None:
+                return _probe_from(conn, domain, name, failures, {parent: True for parent in disabled})
+            errors.append(error or "")
+            failure = _msr_failure(error)
+            parent = MSR_PARENTS.get(failure["index"]) if failure else None
+            if failure is None or parent is None or parent in disabled:
+                break
+            failures.append(failure)
+            disabled.append(parent)
     domain, name, error = _create_probe_guest(conn, entry, token, "detect")
     unavailable = list(NO_AUTOENABLE)
     if domain is not None:
@@ -637,12 +655,12 @@ def _start_probe_guest(conn, entry: Mapping[str, Any], token: str) -> ProbeGuest
         finally:
             _destroy_probe_guest(conn, domain, name)
     else:
-        errors.append(error)
+        errors.append(error or "")
     domain, name, error = _create_probe_guest(conn, entry, token, "plain")
     if domain is None:
         raise ExpansionDataError("cannot start the paused probe guest of virt type '%s' that asks QEMU how it builds "
                                  "CPUs: %s" % (entry["domain_type"], error or "; ".join(errors)))
-    return ProbeGuest(domain, name, failures, unavailable)
+    return ProbeGuest(domain, name, failures, unavailable, {})
 
 
 def _qmp(domain, command: str, **arguments: Any) -> Any:
@@ -655,8 +673,7 @@ def _qmp(domain, command: str, **arguments: Any) -> Any:
 
 def _enabled(props: Mapping[str, Any], known: Iterable[str]) -> List[str]:
     known = set(known)
-    return sorted({LIBVIRT_FEATURE_NAMES.get(name, name) for name, value in props.items() if value is True}
-                  & known)
+    return sorted({LIBVIRT_FEATURE_NAMES.get(name, name) for name, value in props.items() if value is True} & known)
 
 
 def _expansion(domain, model: str, props: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -681,20 +698,22 @@ def dependency_parents() -> List[str]:
 
 
 def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
-               unavailable: Iterable[str] = ()) -> Dict[str, Any]:
+               unavailable: Iterable[str] = (), max_overrides: Optional[Mapping[str, bool]] = None,
+               measure_dependencies: bool = False) -> Dict[str, Any]:
     """QEMU's own view, through QMP of a running (paused) guest, in libvirt feature names.
 
     ``models`` is each model as QEMU defines it for this accelerator *before* dependent features
     are cleared: the plain expansion plus the features that appear when every dependency parent
     is forced on (e.g. npt under svm, which kvm's default svm=off hides), minus those parents.
-    ``measured_dependencies`` are the features 'max' loses when one feature is turned off (a
-    cross-check of DEPENDENCY_GROUPS / DEPENDENCY_PAIRS).
+    With *measure_dependencies*, ``measured_dependencies`` are the features 'max' loses when one
+    feature is turned off (a cross-check of DEPENDENCY_GROUPS / DEPENDENCY_PAIRS for the tests).
     """
     qemu_models = {item["name"] for item in _qmp(domain, "query-cpu-definitions")}
     max_all = _expansion(domain, "max", {"migratable": False})
     known = sorted({LIBVIRT_FEATURE_NAMES.get(name, name) for name in max_all} & set(feature_names))
     # The probe guest's own -cpu may have set global properties on 'max': override them.
-    quiet = {name: False for name in NO_AUTOENABLE if name in known}
+    quiet = {QEMU_FEATURE_NAMES.get(name, name): False for name in NO_AUTOENABLE if name in known}
+    quiet.update({QEMU_FEATURE_NAMES.get(name, name): value for name, value in (max_overrides or {}).items()})
     max_all = _expansion(domain, "max", dict(quiet, migratable=False))
     supported = _enabled(max_all, known)
     supported = sorted(set(supported) | {name for name in NO_AUTOENABLE if name in known and name not in set(unavailable)})
@@ -714,7 +733,7 @@ def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
         "models": models,
         "measured_dependencies": {},
     }
-    for parent in supported:
+    for parent in supported if measure_dependencies else ():
         props = dict(quiet, migratable=False)
         props[QEMU_FEATURE_NAMES.get(parent, parent)] = False
         lost = set(_enabled(max_all, known)) - set(_enabled(_expansion(domain, "max", props), known))
@@ -741,7 +760,7 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
         domcaps_xml = conn.getDomainCapabilities(entry["emulator"], entry["arch"], entry["machine"], entry["domain_type"], 0)
     guest = _start_probe_guest(conn, entry, secrets.token_hex(4))
     try:
-        qemu = probe_qemu(guest.domain, cpu_map["features"], cpu_map["models"], guest.unavailable)
+        qemu = probe_qemu(guest.domain, cpu_map["features"], cpu_map["models"], guest.unavailable, guest.max_overrides)
     finally:
         _destroy_probe_guest(conn, guest.domain, guest.name)
     qemu["msr_failures"] = guest.msr_failures

@@ -526,12 +526,15 @@ def build_facts(capabilities_xml: Optional[XMLText],
                 domcaps_by_virt_type: Mapping[str, XMLText],
                 versions: Optional[Mapping[str, Union[str, int, None]]] = None,
                 expansions: Optional[Mapping[str, Mapping[str, Optional[str]]]] = None,
-                verified: Optional[Mapping[str, Mapping[str, Dict[str, Any]]]] = None) -> Dict[str, Any]:
+                verified: Optional[Mapping[str, Mapping[str, Dict[str, Any]]]] = None,
+                expansion_data: Optional[Mapping[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
     """The ``hostcpu`` facts.
 
     *versions*: ``{"libvirt_version", "hypervisor_version"}`` as text or libvirt's integers.
     *expansions*: per virt type ``{"host_model_expanded": xml, "host_model_migratable": xml}``.
     *verified*: per virt type and mode, the ``verified_result`` of a started guest.
+    *expansion_data*: per virt type, ``_expansion.expansion_data_from_libvirt``'s result; each entry
+    then has it under ``expansion`` (None for a virt type without it).
     """
     versions = versions or {}
     libvirt_version = version_text(versions.get("libvirt_version"))
@@ -545,6 +548,8 @@ def build_facts(capabilities_xml: Optional[XMLText],
                                 (expansions or {}).get(virt_type))
         if verified and virt_type in verified:
             summary[virt_type] = _attach_verified(entry, verified[virt_type])
+        if expansion_data is not None:
+            entry["expansion"] = expansion_data.get(virt_type)
         virt_types[virt_type] = entry
     facts["virt_types"] = virt_types
     if facts["arch"] is None and virt_types:

@@ -21,6 +21,8 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
     libvirt,
     libvirt_message,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import expansion_data_from_libvirt
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     VERIFIABLE_MODES,
     VIRT_TYPES,
@@ -161,6 +163,31 @@ def verify_entries(conn, entries: Dict[str, Entry], token: Optional[str] = None)
 
 
 # ---------------------------------------------------------------------------------------------
+# expansion data (what live_cpu needs: QEMU's behaviour measured by _expansion's probe guest)
+
+
+def gather_expansion_data(conn, entries: Dict[str, Entry], capabilities_xml: str,
+                          domcaps: Dict[str, str]) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, str]]:
+    """``expansion_data_from_libvirt`` for every entry, the virt types side by side.
+
+    Returns the data per virt type and, per virt type that failed, why.
+    """
+    if not entries:
+        return {}, {}
+    with ThreadPoolExecutor(max_workers=len(entries)) as pool:
+        futures = {virt_type: pool.submit(expansion_data_from_libvirt, conn, entry, capabilities_xml, domcaps[virt_type])
+                   for virt_type, entry in entries.items()}
+    data: Dict[str, Dict[str, Any]] = {}
+    errors: Dict[str, str] = {}
+    for virt_type, future in futures.items():
+        try:
+            data[virt_type] = future.result()
+        except (CPUError, libvirt.libvirtError) as exc:
+            errors[virt_type] = libvirt_message(exc) if isinstance(exc, libvirt.libvirtError) else str(exc)
+    return data, errors
+
+
+# ---------------------------------------------------------------------------------------------
 # the whole probe
 
 
@@ -170,12 +197,13 @@ def not_offered_reason(virt_type: str, arch: str) -> str:
     return "libvirt's capabilities offer no '%s' domain for %s guests; %s" % (virt_type, arch, hint)
 
 
-def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False) -> Dict[str, Any]:
+def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False, expansion: bool = False) -> Dict[str, Any]:
     """Everything build_facts needs, read from *conn*.
 
     Returns ``capabilities_xml``, ``domcaps`` (virt type -> XML), ``versions``, ``expansions``,
     ``verified`` (None unless *verify*) and ``unavailable`` (virt type -> why it is missing; without
     *virt_types* every virt type of the QEMU driver is tried, so this says why kvm is absent).
+    With *expansion*, also ``expansion_data`` (virt type -> live_cpu's data) and ``expansion_errors``.
     """
     versions = read_versions(conn)
     capabilities_xml = read_capabilities(conn)
@@ -200,4 +228,6 @@ def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False
         result["expansions"][virt_type] = expand_host_model(conn, entries[virt_type])
     if verify:
         result["verified"] = verify_entries(conn, entries)
+    result["expansion_data"], result["expansion_errors"] = (
+        gather_expansion_data(conn, entries, capabilities_xml, result["domcaps"]) if expansion else (None, {}))
     return result

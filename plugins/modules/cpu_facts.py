@@ -47,6 +47,19 @@ options:
       - Each verified mode costs about 0.4 s, a failing one about 2 s more.
     type: bool
     default: false
+  expansion:
+    description:
+      - Measure how QEMU builds guest CPUs on this host, per virt type, so that the
+        P(hostcpu.libvirt.live_cpu#filter) filter can compute the exact live CPU of any guest CPU
+        from the facts alone (RV(ansible_facts.hostcpu.virt_types.kvm.expansion)).
+      - Starts one tiny transient paused guest per virt type, named C(hostcpu-probe-<random>-<virt type>-...),
+        asks its QEMU (QMP) how it expands every CPU model and what the accelerator gives, and destroys it.
+        When the largest CPU fails to start because KVM refuses an MSR (nested KVM and MSR 0x10a),
+        that is recorded and the guest is started again with the feature announcing the MSR disabled.
+      - Reads libvirt's CPU map (C(/usr/share/libvirt/cpu_map)) on the managed host.
+      - Costs about 3 to 5 seconds; the virt types are probed side by side. Skipped for the XML inputs.
+    type: bool
+    default: true
   capabilities_xml:
     description:
       - The output of C(virsh capabilities) (C(virConnectGetCapabilities)) to read instead of
@@ -223,6 +236,18 @@ ansible_facts:
               type: list
               elements: str
               sample: [invtsc]
+            expansion:
+              description:
+                - Only with O(expansion=true) (the default) and a libvirt connection; V(null) when it could not be measured
+                  (the reason is a warning).
+                - The data P(hostcpu.libvirt.live_cpu#filter) computes with, compact (feature sets are hex bit masks over
+                  C(features)), about 15 kB per virt type; treat it as opaque.
+                - C(features) (libvirt's CPU map feature names in map order), C(models) (libvirt's definition of every model),
+                  C(msr) (MSR features, index and bit), C(host) (libvirt's full host CPU that C(check=partial) compares with),
+                  C(host_model) (the migratable host-model CPU libvirt copies into host-model guests), C(qemu) (QEMU's
+                  definition of every model for this accelerator, what the accelerator can give, features QEMU does not know,
+                  feature dependencies, MSR writes KVM refused), C(format) and C(fingerprint).
+              type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -244,6 +269,7 @@ def argument_spec() -> dict:
     spec.update(
         virt_types={"type": "list", "elements": "str", "choices": list(VIRT_TYPES)},
         verify_modes={"type": "bool", "default": False},
+        expansion={"type": "bool", "default": True},
         capabilities_xml={"type": "str"},
         domain_capabilities_xml={"type": "dict"},
     )
@@ -283,8 +309,12 @@ def facts_offline(params: dict) -> dict:
 def facts_from_libvirt(module: AnsibleModule) -> dict:
     params = module.params
     with connection(params["uri"]) as conn:
-        found = probe(conn, params["virt_types"], params["verify_modes"])
-    facts = build_facts(found["capabilities_xml"], found["domcaps"], found["versions"], found["expansions"], found["verified"])
+        found = probe(conn, params["virt_types"], params["verify_modes"], params["expansion"])
+    facts = build_facts(found["capabilities_xml"], found["domcaps"], found["versions"], found["expansions"], found["verified"],
+                        found["expansion_data"])
+    for virt_type, reason in found["expansion_errors"].items():
+        module.warn("the live-CPU expansion data of virt type %s could not be measured (live_cpu cannot predict for it): %s"
+                    % (virt_type, reason))
     facts["unavailable_virt_types"] = found["unavailable"]
     if params["virt_types"] or not facts["virt_types"]:
         for virt_type, reason in found["unavailable"].items():
