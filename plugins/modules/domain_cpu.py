@@ -10,15 +10,17 @@ short_description: Set the CPU of libvirt domains idempotently
 version_added: 1.0.0
 description:
   - Sets the C(<cpu>) element of one or many libvirt domains (or of domain XML text) and nothing
-    else: every other element, attribute and the C(<numa>) cells inside C(<cpu>) stay as they are.
+    else. Every other element, attribute and the C(<numa>) cells inside C(<cpu>) stay as they are.
   - Idempotent. The wish is merged onto the domain's CPU and compared with it the way libvirt
     stores CPUs (its defaults per mode, such as C(check), C(fallback) and C(migratable), filled in),
     so a second identical run reports no change, also in check mode.
   - Before anything is written, the new CPU of every listed domain is checked against the host's
-    domain capabilities for that domain's virt type, emulator, architecture and machine: the mode
-    is supported, a custom model is known to QEMU and usable, feature names are known to libvirt
-    (a typo gets "did you mean"), and combinations libvirt refuses are refused. When one domain
-    fails validation, no domain is changed.
+    domain capabilities for that domain's virt type, emulator, architecture and machine. The mode
+    is supported, a custom model is known to QEMU, feature names are known to libvirt (a typo
+    gets "did you mean"), combinations libvirt refuses are refused, and the CPU passes the
+    comparison with the host CPU that libvirt makes before it starts a guest (C(check=partial)),
+    for example "the host does not provide required features svm" with the fix. When one
+    domain fails validation, no domain is changed.
   - The persistent definition is edited (C(virsh dumpxml --inactive --security-info), only
     C(<cpu>) replaced, then defined again). Right before each write the definition is read again;
     a domain changed meanwhile by someone else is not overwritten. After the write, the module
@@ -30,7 +32,7 @@ description:
   - With O(xml), works on domain XML text instead (no libvirt connection), for templating
     pipelines, and returns the new XML.
 author:
-  - hostcpu.libvirt contributors
+  - hostcpu.libvirt maintainers (@hostcpu)
 extends_documentation_fragment:
   - hostcpu.libvirt.connection
 options:
@@ -89,10 +91,11 @@ options:
     description:
       - The CPU model name for O(mode=custom), as listed by C(virsh domcapabilities).
       - A model QEMU does not know is refused; the message lists the models usable here.
-      - A model the domain capabilities mark C(usable='no') is refused when libvirt would refuse
-        to start it (O(check) partial or full and no feature disabled); with O(check=none) it is
-        accepted with a warning (the features the host lacks are disabled at start). O(fallback)
-        does not change this in libvirt 9.0.
+      - A model the domain capabilities mark C(usable='no') is refused only when libvirt's
+        comparison with the host refuses it (it names the missing features); with O(check=none)
+        it is accepted with a warning (QEMU disables the features the host lacks at start).
+        O(fallback) does not change this in libvirt 9.0 (it only replaces models the hypervisor
+        does not know at all).
     type: str
   fallback:
     description: Whether libvirt may replace a model the hypervisor does not know.
@@ -151,7 +154,7 @@ options:
   features:
     description:
       - CPU features, as a list of C({name, policy}) (policy V(force), V(require), V(optional),
-        V(disable) or V(forbid); default V(require)), or as a mapping C({name: policy}).
+        V(disable) or V(forbid); default V(require)), or as a mapping of names to policies.
       - Names are libvirt's (for example C(pni), not QEMU's C(sse3)).
     type: raw
   features_mode:
@@ -199,8 +202,10 @@ seealso:
     plugin_type: filter
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
 """
 

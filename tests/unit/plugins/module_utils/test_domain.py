@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_from_xml, normalize_cpu
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_from_xml
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     DomainXMLError,
     apply_plan,

@@ -9,7 +9,6 @@ map (installed with libvirt, or the libvirt source of ``make testdata``).
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
