@@ -1,0 +1,762 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The fleet CPU: one custom CPU every host of a fleet runs identically, and which CPU runs where.
+
+Pure functions over ``hostcpu`` facts (``_facts.build_facts``). Whether a CPU runs on a host is
+always asked of the live-CPU prediction (``_expansion.predict_live_cpu``): a refusal there is "does
+not run", with the features it names. Nothing here decides on its own what a CPU definition means.
+
+Public API:
+
+* ``host_records(hosts, virt_type)``: the accepted inputs (whole facts with a virt type, one
+  ``virt_types`` entry, ``{name, facts, virt_type}`` records or a ``{name: facts}`` mapping) as
+  labelled entries.
+* ``fleet_baseline(records, check, model, cpu_map)`` -> ``Baseline``: the CPU and how it was made.
+* ``cpu_verdict(cpu, entry)`` -> whether *cpu* starts on that host, why not, the live CPU.
+* ``group_hosts(records)`` -> hosts grouped by the fingerprint of what their guests can get.
+* ``compatibility(records, guests, baseline_hosts)``: the data of the fleet role's report.
+
+How the baseline is made (and why):
+
+1. What each host gives: the enabled features of the CPU a host-model guest really runs with
+   there, predicted from the facts (with the prediction's fix applied when the host refuses the
+   plain host-model CPU, e.g. ``arch-capabilities`` on nested KVM). Without expansion data in the
+   facts: libvirt's MIGRATABLE expansion of the host-model CPU (``host_model_migratable``).
+   Migratable, because the fleet CPU exists to migrate (``invtsc`` is never in it).
+2. The common features: the intersection over all hosts.
+3. The model: among the models libvirt reports ``usable='yes'`` on every host (the hypervisor runs
+   them unmodified) and whose vendor fits, the one that carries most of the common features, then
+   the one that needs the fewest of its own features disabled, then the newest in libvirt's CPU
+   map order (the order libvirt's own decoder walks, newest last). ``model=`` overrides the choice.
+4. The CPU: ``mode: custom``, ``match: exact``, ``fallback: forbid`` (a model the hypervisor lacks
+   fails the start instead of being replaced), ``check: full`` by default (after QEMU started,
+   libvirt fails the start on any feature QEMU added or could not give, instead of silently
+   adjusting the live CPU as ``partial`` does: under kvm QEMU adds ``x2apic`` to most models, so a
+   ``partial`` guest would run a different CPU under kvm than under TCG and fail to migrate),
+   the vendor when every host has the same one, ``require`` for the common features the model
+   lacks, ``disable`` for the model's features some host lacks.
+5. Proof by prediction: the CPU is predicted on every distinct host; features a host's hypervisor
+   would add are disabled, features a host cannot give (or that its refusal names) are dropped
+   and disabled, until every host starts it with the same live CPU. When some host's facts carry
+   no expansion data, the prediction cannot run; then every feature some host gives beyond the
+   common set is disabled, which leaves QEMU nothing to add.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
+    CPUDict,
+    cpu_from_xml,
+    normalize_cpu,
+    ordered,
+    validate_cpu,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
+    DISABLING,
+    ENABLING,
+    CPUMap,
+    ExpansionDataError,
+    GuestWouldNotStart,
+    cpu_map_from_xml,
+    predict_live_cpu,
+    read_cpu_map_files,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT_TYPES, fingerprint
+
+DEFAULT_VIRT_TYPE = "kvm"
+BASELINE_CHECKS = ("full", "partial")
+# A refusal can name features to drop; each round drops at least one, so this bounds the rounds.
+MAX_ROUNDS = 64
+# How many models are tried when the best one cannot be made to start everywhere.
+MAX_MODEL_TRIES = 8
+SHORT_FINGERPRINT = 12
+
+Entry = Mapping[str, Any]
+
+
+class FleetError(CPUError):
+    """Input the fleet functions cannot work with, or a fleet without a common CPU."""
+
+
+class HostRecord(NamedTuple):
+    """One host of the fleet: a label for messages and its ``virt_types`` entry."""
+
+    name: str
+    entry: Entry
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs: whole facts, virt_types entries, records
+
+
+def _is_entry(value: Any) -> bool:
+    return isinstance(value, Mapping) and "modes" in value and "domain_type" in value
+
+
+def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host facts") -> Entry:
+    """The ``virt_types`` entry of *facts* for *virt_type*, or *facts* when it is an entry already.
+
+    *facts* is ``ansible_facts.hostcpu`` (or ``ansible_facts`` holding it); its virt type defaults
+    to kvm, as for the live_cpu filter.
+    """
+    if virt_type is not None and virt_type not in VIRT_TYPES:
+        raise FleetError("%s: unknown virt type '%s'; valid virt types are: %s" % (what, virt_type, ", ".join(VIRT_TYPES)))
+    if not isinstance(facts, Mapping):
+        raise FleetError("%s must be ansible_facts.hostcpu from hostcpu.libvirt.cpu_facts (or one of its virt_types "
+                         "entries), got %s" % (what, type(facts).__name__))
+    if isinstance(facts.get("hostcpu"), Mapping):
+        facts = facts["hostcpu"]
+    if _is_entry(facts):
+        if virt_type is not None and facts.get("domain_type") != virt_type:
+            raise FleetError("%s are those of virt type '%s', not '%s': pass the whole hostcpu facts or drop virt_type"
+                             % (what, facts.get("domain_type"), virt_type))
+        return facts
+    virt_types = facts.get("virt_types")
+    if not isinstance(virt_types, Mapping):
+        raise FleetError("%s have neither 'virt_types' nor 'modes': pass ansible_facts.hostcpu as set by "
+                         "hostcpu.libvirt.cpu_facts, or one entry of its virt_types" % what)
+    wanted = virt_type or DEFAULT_VIRT_TYPE
+    entry = virt_types.get(wanted)
+    if not _is_entry(entry):
+        offered = ", ".join(sorted(virt_types)) or "none"
+        raise FleetError("%s have no virt type '%s' (they have: %s); pass virt_type or probe that virt type with "
+                         "hostcpu.libvirt.cpu_facts" % (what, wanted, offered))
+    return entry
+
+
+def _record(item: Any, position: int, virt_type: Optional[str]) -> HostRecord:
+    if isinstance(item, Mapping) and "facts" in item and not _is_entry(item):
+        name = str(item.get("name") or item.get("host") or "host %d" % (position + 1))
+        return HostRecord(name, select_entry(item["facts"], item.get("virt_type") or virt_type, "the facts of %s" % name))
+    name = "host %d" % (position + 1)
+    return HostRecord(name, select_entry(item, virt_type, "the facts of %s" % name))
+
+
+def host_records(hosts: Any, virt_type: Optional[str] = None) -> List[HostRecord]:
+    """Labelled entries from a list (facts, entries or ``{name, facts, virt_type}``) or ``{name: facts}``."""
+    if isinstance(hosts, Mapping) and not _is_entry(hosts) and "virt_types" not in hosts and "hostcpu" not in hosts:
+        return [HostRecord(str(name), select_entry(facts, virt_type, "the facts of %s" % name))
+                for name, facts in hosts.items()]
+    if isinstance(hosts, (str, bytes)) or not isinstance(hosts, Sequence):
+        raise FleetError("the hosts must be a list of host facts (ansible_facts.hostcpu, one of its virt_types entries, "
+                         "or {name, facts, virt_type}) or a mapping of host name to facts, got %s" % type(hosts).__name__)
+    return [_record(item, position, virt_type) for position, item in enumerate(hosts)]
+
+
+def cpu_input(cpu: Any, what: str) -> CPUDict:
+    """A CPU dict, ``<cpu>`` (or ``<domain>``) XML text, or nothing (no ``<cpu>``: libvirt's default)."""
+    if cpu is None or (isinstance(cpu, str) and not cpu.strip()):
+        return {}
+    if isinstance(cpu, (str, bytes)):
+        return cpu_from_xml(cpu)
+    if isinstance(cpu, Mapping):
+        return _plain(cpu)
+    raise FleetError("%s: the CPU must be a CPU dict (like {mode: host-model}) or <cpu> XML text, got %s"
+                     % (what, type(cpu).__name__))
+
+
+def _plain(value: Any) -> Any:
+    """Templar containers and unsafe strings -> plain dict/list/str."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU map knowledge: model order and model features
+
+
+_CONTROLLER_MAP: Dict[str, CPUMap] = {}
+_FACTS_MAPS: Dict[Any, CPUMap] = {}
+
+
+def _facts_map(entry: Entry) -> Optional[CPUMap]:
+    data = entry.get("expansion")
+    if not isinstance(data, Mapping) or "models" not in data or "features" not in data:
+        return None
+    key = data.get("fingerprint") or id(data)
+    cpu_map = _FACTS_MAPS.get(key)
+    if cpu_map is None:
+        cpu_map = CPUMap.from_facts(data)
+        _FACTS_MAPS[key] = cpu_map
+    return cpu_map
+
+
+def controller_cpu_map() -> CPUMap:
+    """libvirt's CPU map installed on this machine (read once)."""
+    if "x86" not in _CONTROLLER_MAP:
+        _CONTROLLER_MAP["x86"] = CPUMap.from_map(cpu_map_from_xml(read_cpu_map_files()))
+    return _CONTROLLER_MAP["x86"]
+
+
+def cpu_map_for(records: Sequence[HostRecord]) -> CPUMap:
+    """The CPU map the facts carry (expansion data), else the one of libvirt on this machine."""
+    for record in records:
+        cpu_map = _facts_map(record.entry)
+        if cpu_map is not None:
+            return cpu_map
+    try:
+        return controller_cpu_map()
+    except ExpansionDataError as exc:
+        raise FleetError("the facts carry no expansion data (libvirt's CPU map) and %s; gather the facts with "
+                         "hostcpu.libvirt.cpu_facts of this collection (expansion data is on by default)" % exc) from None
+
+
+def enabled_features(cpu: Optional[Mapping[str, Any]], cpu_map: Optional[CPUMap]) -> FrozenSet[str]:
+    """x86ModelFromCPU(cpu, -1) as names: the model's features + force/require - disable/forbid."""
+    if not cpu:
+        return frozenset()
+    names: Set[str] = set()
+    model = (cpu.get("model") or {}).get("name")
+    if model and cpu_map is not None and model in cpu_map.models:
+        names.update(cpu_map.names_of(cpu_map.models[model].mask))
+    for feature in cpu.get("features") or ():
+        policy = feature.get("policy") or "require"
+        if policy in ENABLING:
+            names.add(feature["name"])
+        elif policy in DISABLING:
+            names.discard(feature["name"])
+    return frozenset(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# one host as the baseline sees it
+
+
+class HostView(NamedTuple):
+    """What the baseline needs of one distinct host (hosts with equal keys share one view)."""
+
+    key: str
+    arch: Optional[str]
+    virt_type: Optional[str]
+    vendor: Optional[str]
+    usable: FrozenSet[str]
+    model_vendors: Mapping[str, Optional[str]]
+    features: FrozenSet[str]
+    source: str
+    fix: Tuple[str, ...]
+    predictable: bool
+
+
+def _expansion_data(entry: Entry) -> Optional[Mapping[str, Any]]:
+    data = entry.get("expansion")
+    return data if isinstance(data, Mapping) and "qemu" in data else None
+
+
+def host_key(entry: Entry) -> str:
+    """Fingerprint of the entry (domcapabilities) and of its expansion data (QEMU's measured behaviour)."""
+    entry_fingerprint = entry.get("fingerprint") or fingerprint(entry)
+    data = _expansion_data(entry)
+    data_fingerprint = data.get("fingerprint") if data else None
+    if data is not None and not data_fingerprint:
+        data_fingerprint = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+    migratable = entry.get("host_model_migratable") or {}
+    text = json.dumps([entry_fingerprint, data_fingerprint, entry.get("domain_type"), entry.get("arch"),
+                       [(f.get("name"), f.get("policy")) for f in migratable.get("features") or ()]], default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _predicted_host_features(entry: Entry, cpu_map: CPUMap) -> Tuple[FrozenSet[str], Tuple[str, ...]]:
+    """Enabled features of the predicted live host-model CPU, with the prediction's fix when refused."""
+    cpu: CPUDict = {"mode": "host-model"}
+    fix: List[str] = []
+    for _attempt in range(4):
+        try:
+            live = predict_live_cpu(cpu, entry)
+            return enabled_features(live, cpu_map), tuple(fix)
+        except GuestWouldNotStart as exc:
+            names = [f["name"] for f in exc.fix or () if f["name"] not in fix]
+            if not names:
+                raise FleetError("%s (virt type %s) does not start a host-model guest: %s"
+                                 % ("the host", entry.get("domain_type"), exc)) from None
+            fix.extend(names)
+            cpu = {"mode": "host-model", "features": [{"name": name, "policy": "disable"} for name in fix]}
+    raise FleetError("the host-model CPU of virt type %s cannot be made to start with the known fixes" % entry.get("domain_type"))
+
+
+def _expanded_host_features(entry: Entry) -> FrozenSet[str]:
+    migratable = entry.get("host_model_migratable")
+    if not migratable:
+        raise FleetError("the facts of virt type %s carry neither expansion data nor the expanded host-model CPU "
+                         "(host_model_migratable); gather them with hostcpu.libvirt.cpu_facts through libvirt, not "
+                         "from saved XML" % entry.get("domain_type"))
+    # The expansion lists every feature of its model, so no model knowledge is needed.
+    return enabled_features(migratable, None)
+
+
+def _model_vendor(model: Mapping[str, Any]) -> Optional[str]:
+    vendor = model.get("vendor")
+    return None if vendor in (None, "", "unknown") else vendor
+
+
+def _host_vendor(entry: Entry) -> Optional[str]:
+    cpu = (entry.get("modes") or {}).get("host-model", {}).get("cpu") or entry.get("host_model_migratable") or {}
+    return cpu.get("vendor")
+
+
+def _build_view(key: str, entry: Entry) -> HostView:
+    models = (entry.get("modes") or {}).get("custom", {}).get("models") or ()
+    usable = frozenset(model["name"] for model in models if model.get("usable") is True)
+    vendors = {model["name"]: _model_vendor(model) for model in models}
+    cpu_map = _facts_map(entry)
+    predictable = _expansion_data(entry) is not None and cpu_map is not None
+    if predictable:
+        features, fix = _predicted_host_features(entry, cpu_map)
+        source = "predicted host-model"
+    else:
+        features, fix = _expanded_host_features(entry), ()
+        source = "host_model_migratable"
+    return HostView(key, entry.get("arch"), entry.get("domain_type"), _host_vendor(entry), usable, vendors,
+                    features, source, fix, predictable)
+
+
+_VIEWS: "OrderedDict[str, HostView]" = OrderedDict()
+VIEW_CACHE_SIZE = 4096
+
+
+def host_view(entry: Entry) -> HostView:
+    """The HostView of *entry*, cached by ``host_key``."""
+    key = host_key(entry)
+    view = _VIEWS.get(key)
+    if view is None:
+        view = _build_view(key, entry)
+        _VIEWS[key] = view
+        while len(_VIEWS) > VIEW_CACHE_SIZE:
+            _VIEWS.popitem(last=False)
+    return view
+
+
+class DistinctHost(NamedTuple):
+    """One distinct host: its view, one entry to predict on, and the names of the hosts like it."""
+
+    view: HostView
+    entry: Entry
+    names: List[str]
+
+
+def distinct_hosts(records: Sequence[HostRecord]) -> List[DistinctHost]:
+    """Hosts with the same key, in order of first appearance; the error names the host that failed."""
+    found: "OrderedDict[str, DistinctHost]" = OrderedDict()
+    for record in records:
+        key = host_key(record.entry)
+        if key in found:
+            found[key].names.append(record.name)
+            continue
+        try:
+            view = host_view(record.entry)
+        except FleetError as exc:
+            raise FleetError("%s: %s" % (record.name, exc)) from None
+        found[key] = DistinctHost(view, record.entry, [record.name])
+    return list(found.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# the baseline
+
+
+class Baseline(NamedTuple):
+    """The fleet CPU and how it was made (for the report)."""
+
+    cpu: CPUDict
+    model_candidates: List[str]
+    common_features: List[str]
+    dropped: Dict[str, str]
+    proved: bool
+    hosts: List[str]
+
+
+def _names(hosts: Iterable[DistinctHost]) -> str:
+    names: List[str] = []
+    for host in hosts:
+        names.extend(host.names)
+    shown = ", ".join(names[:8])
+    return shown + (" and %d more" % (len(names) - 8) if len(names) > 8 else "")
+
+
+def _check_arch(hosts: Sequence[DistinctHost]) -> None:
+    by_arch: "OrderedDict[Any, List[DistinctHost]]" = OrderedDict()
+    for host in hosts:
+        by_arch.setdefault(host.view.arch, []).append(host)
+    if len(by_arch) > 1:
+        parts = ["%s: %s" % (arch, _names(group)) for arch, group in by_arch.items()]
+        raise FleetError("the hosts have different architectures (%s); a guest cannot move between them, so compute "
+                         "one baseline per architecture" % "; ".join(parts))
+
+
+def _fleet_vendor(hosts: Sequence[DistinctHost]) -> Optional[str]:
+    by_vendor: "OrderedDict[Any, List[DistinctHost]]" = OrderedDict()
+    for host in hosts:
+        by_vendor.setdefault(host.view.vendor, []).append(host)
+    known = [vendor for vendor in by_vendor if vendor is not None]
+    if len(known) > 1:
+        parts = ["%s: %s" % (vendor, _names(by_vendor[vendor])) for vendor in known]
+        raise FleetError("the hosts have CPUs of different vendors (%s); libvirt refuses a baseline across vendors "
+                         "(\"CPU vendors do not match\") and guests cannot migrate between them: compute one baseline "
+                         "per vendor" % "; ".join(parts))
+    # As libvirt's baseline: the vendor only when every host names it.
+    return known[0] if known and None not in by_vendor else None
+
+
+def _model_candidates(hosts: Sequence[DistinctHost], vendor: Optional[str], cpu_map: CPUMap,
+                      common: FrozenSet[str]) -> List[str]:
+    """Models usable on every host whose vendor fits, best first (see the module docstring)."""
+    usable = frozenset.intersection(*(host.view.usable for host in hosts))
+    vendors = {}
+    for host in hosts:
+        vendors.update(host.view.model_vendors)
+    position = {name: index for index, name in enumerate(cpu_map.model_order)}
+    candidates = []
+    for name in usable:
+        if name not in cpu_map.models:
+            continue
+        model_vendor = vendors.get(name) or cpu_map.models[name].vendor
+        if vendor and model_vendor and model_vendor != vendor:
+            continue
+        features = frozenset(cpu_map.names_of(cpu_map.models[name].mask))
+        candidates.append((-len(features & common), len(features - common), -position[name], name))
+    return [item[-1] for item in sorted(candidates)]
+
+
+class _Draft:
+    """The CPU while it is refined: model, the features the guest must see, the ones to disable."""
+
+    def __init__(self, model: str, vendor: Optional[str], check: str, common: FrozenSet[str], cpu_map: CPUMap):
+        self.model = model
+        self.vendor = vendor
+        self.check = check
+        self.map = cpu_map
+        self.model_features = frozenset(cpu_map.names_of(cpu_map.models[model].mask))
+        self.common: Set[str] = {name for name in common if name in cpu_map.index}
+        self.disabled: Set[str] = set()
+        self.dropped: Dict[str, str] = {}
+
+    def target(self) -> FrozenSet[str]:
+        """The features the guest must see: the common ones."""
+        return frozenset(self.common)
+
+    def drop(self, names: Iterable[str], reason: str) -> bool:
+        """Take *names* out of the common features and disable them; True when anything changed."""
+        changed = False
+        for name in names:
+            if name not in self.map.index:
+                continue
+            if name in self.common:
+                self.common.discard(name)
+                changed = True
+            if name not in self.disabled:
+                self.disabled.add(name)
+                changed = True
+            self.dropped.setdefault(name, reason)
+        return changed
+
+    def disable(self, names: Iterable[str], reason: str) -> bool:
+        """Disable *names* that are not common features; True when anything changed."""
+        changed = False
+        for name in names:
+            if name in self.map.index and name not in self.disabled and name not in self.common:
+                self.disabled.add(name)
+                self.dropped.setdefault(name, reason)
+                changed = True
+        return changed
+
+    def cpu(self) -> CPUDict:
+        order = self.map.index
+        required = sorted(self.common - self.model_features, key=order.__getitem__)
+        disabled = sorted((self.model_features | self.disabled) - self.common, key=order.__getitem__)
+        cpu: CPUDict = {"mode": "custom", "match": "exact", "check": self.check,
+                        "model": {"name": self.model, "fallback": "forbid"}}
+        if self.vendor:
+            cpu["vendor"] = self.vendor
+        features = [{"name": name, "policy": "require"} for name in required]
+        features += [{"name": name, "policy": "disable"} for name in disabled]
+        if features:
+            cpu["features"] = features
+        return ordered(cpu)
+
+
+def _refine_on(host: DistinctHost, draft: _Draft) -> bool:
+    """Predict the draft on *host* and adjust it to what the host really gives; True when it changed.
+
+    A refusal drops the features it names (missing, forbidden, the fix) and disables the ones the
+    hypervisor would add; a start drops the common features the live CPU lacks and disables the
+    ones it has beyond them. A difference that cannot be adjusted away is an error.
+    """
+    label = _names([host])
+    try:
+        live = predict_live_cpu(draft.cpu(), host.entry)
+    except GuestWouldNotStart as exc:
+        fix = [f["name"] for f in exc.fix or ()]
+        changed = draft.drop(list(exc.missing_features) + fix + list(exc.forbidden_features),
+                             "%s refuses it: %s" % (label, exc.reason))
+        changed = draft.disable(exc.extra_features, "%s's hypervisor adds it" % label) or changed
+        if not changed:
+            raise FleetError("%s does not start the baseline CPU with model %s: %s" % (label, draft.model, exc)) from None
+        return True
+    except ExpansionDataError as exc:
+        raise FleetError("%s: %s" % (label, exc)) from None
+    live_features = enabled_features(live, draft.map)
+    target = draft.target()
+    changed = draft.drop(target - live_features, "%s cannot give it" % label)
+    changed = draft.disable(live_features - target, "%s's hypervisor adds it" % label) or changed
+    if not changed and live_features != target:
+        raise FleetError("%s runs the baseline CPU with model %s as a different CPU (extra: %s; missing: %s)"
+                         % (label, draft.model, ", ".join(sorted(live_features - target)) or "none",
+                            ", ".join(sorted(target - live_features)) or "none"))
+    return changed
+
+
+def _prove(hosts: Sequence[DistinctHost], draft: _Draft) -> None:
+    """Refine until every host starts the draft with exactly the common features."""
+    for _round in range(MAX_ROUNDS):
+        changed = False
+        for host in hosts:
+            while _refine_on(host, draft):
+                changed = True
+        if not changed:
+            return
+    raise FleetError("the baseline CPU did not settle after %d rounds of prediction" % MAX_ROUNDS)
+
+
+def _disable_everything_else(hosts: Sequence[DistinctHost], draft: _Draft) -> None:
+    """Without predictions: disable every feature some host gives beyond the common set."""
+    for host in hosts:
+        extra = host.view.features - draft.target()
+        draft.disable(extra, "not every host gives it (%s does)" % _names([host]))
+
+
+def _missing_reasons(hosts: Sequence[DistinctHost], common: FrozenSet[str]) -> Dict[str, str]:
+    reasons: Dict[str, str] = {}
+    for host in hosts:
+        for name in host.view.features - common:
+            lacking = [other for other in hosts if name not in other.view.features]
+            reasons.setdefault(name, "not on %s" % _names(lacking))
+    return reasons
+
+
+def _validated_check(check: str) -> str:
+    if check not in BASELINE_CHECKS:
+        hint = (" ('none' lets QEMU silently drop what a host cannot give, so the guest would run a different CPU "
+                "on different hosts)" if check == "none" else "")
+        raise FleetError("check must be one of %s, got %r%s" % (", ".join(BASELINE_CHECKS), check, hint))
+    return check
+
+
+def fleet_baseline(records: Sequence[HostRecord], check: str = "full", model: Optional[str] = None,
+                   cpu_map: Optional[CPUMap] = None) -> Baseline:
+    """A custom CPU every host of *records* starts, with the same live CPU on each of them."""
+    check = _validated_check(check)
+    if not records:
+        raise FleetError("the list of hosts is empty: pass the hostcpu facts of at least one host")
+    hosts = distinct_hosts(records)
+    _check_arch(hosts)
+    vendor = _fleet_vendor(hosts)
+    cpu_map = cpu_map or cpu_map_for(records)
+    common = frozenset.intersection(*(host.view.features for host in hosts))
+    if model is not None:
+        if model not in cpu_map.models:
+            raise FleetError("model '%s' is not in libvirt's CPU map; use one of: %s"
+                             % (model, ", ".join(cpu_map.model_order)))
+        candidates = [model]
+    else:
+        candidates = _model_candidates(hosts, vendor, cpu_map, common)
+    if not candidates:
+        raise FleetError("no CPU model is usable (libvirt's usable='yes') on every host%s; pass model= to choose one "
+                         "whose missing features are disabled" % (" of vendor %s" % vendor if vendor else ""))
+    proved = all(host.view.predictable for host in hosts)
+    errors = []
+    for name in candidates[:MAX_MODEL_TRIES]:
+        draft = _Draft(name, vendor, check, common, cpu_map)
+        try:
+            if proved:
+                _prove(hosts, draft)
+            else:
+                _disable_everything_else(hosts, draft)
+        except FleetError as exc:
+            errors.append(str(exc))
+            continue
+        reasons = _missing_reasons(hosts, common)
+        reasons.update(draft.dropped)
+        order = {name: position for position, name in enumerate(cpu_map.names)}
+        dropped = {name: reasons[name] for name in sorted(reasons, key=lambda name: (order.get(name, len(order)), name))}
+        return Baseline(draft.cpu(), candidates, sorted(draft.target(), key=order.__getitem__), dropped, proved,
+                        [name for host in hosts for name in host.names])
+    raise FleetError("no baseline CPU starts on every host: %s" % "; ".join(errors))
+
+
+# ---------------------------------------------------------------------------------------------
+# does a CPU run on a host, and why not
+
+
+def cpu_verdict(cpu: Optional[CPUDict], entry: Entry) -> Dict[str, Any]:
+    """Whether a guest with *cpu* starts on *entry*'s host, as the live-CPU prediction says.
+
+    Returns ``runs``, ``reason`` (libvirt's error and the hint), ``missing_features``,
+    ``extra_features``, ``forbidden_features``, ``fix`` (features to disable that make it start),
+    ``unusable_model`` (a custom model libvirt reports usable='no' here) and ``live_cpu``.
+    Invalid CPUs and facts without expansion data raise CPUError.
+    """
+    cpu = cpu or {}
+    validate_cpu(cpu)
+    verdict: Dict[str, Any] = {"runs": True, "reason": None, "missing_features": [], "extra_features": [],
+                               "forbidden_features": [], "fix": None, "unusable_model": _unusable_model(cpu, entry),
+                               "live_cpu": None}
+    if _expansion_data(entry) is None:
+        raise FleetError("the facts of virt type %s carry no expansion data, so whether a CPU starts cannot be "
+                         "predicted; gather them with hostcpu.libvirt.cpu_facts of this collection (expansion data is "
+                         "on by default)" % entry.get("domain_type"))
+    try:
+        verdict["live_cpu"] = predict_live_cpu(cpu, entry)
+    except GuestWouldNotStart as exc:
+        verdict.update(runs=False, reason=str(exc).replace("libvirt would not start this guest: ", "", 1),
+                       missing_features=list(exc.missing_features), extra_features=list(exc.extra_features),
+                       forbidden_features=list(exc.forbidden_features), fix=exc.fix)
+    return verdict
+
+
+def _unusable_model(cpu: Mapping[str, Any], entry: Entry) -> Optional[str]:
+    name = (cpu.get("model") or {}).get("name")
+    if (cpu.get("mode") or "custom") != "custom" or not name:
+        return None
+    for model in (entry.get("modes") or {}).get("custom", {}).get("models") or ():
+        if model.get("name") == name:
+            return None if model.get("usable") is not False else name
+    return name
+
+
+def runs_on(cpu: Optional[CPUDict], entry: Entry) -> bool:
+    """True when a guest with *cpu* starts on *entry*'s host (the live-CPU prediction does not refuse it)."""
+    return bool(cpu_verdict(cpu, entry)["runs"])
+
+
+def migration_verdict(live_cpu: CPUDict, entry: Entry) -> Dict[str, Any]:
+    """Whether a guest running *live_cpu* (its live CPU on the source) can be received by *entry*'s host.
+
+    Migration carries the live CPU; the destination starts it with ``check='full'`` as it is, so it
+    must start there and come out the same.
+    """
+    verdict = cpu_verdict(live_cpu, entry)
+    if verdict["runs"] and normalize_cpu(verdict["live_cpu"], entry.get("domain_type") or "kvm") != normalize_cpu(
+            live_cpu, entry.get("domain_type") or "kvm"):
+        verdict.update(runs=False, reason="the guest would run a different CPU there")
+    return verdict
+
+
+# ---------------------------------------------------------------------------------------------
+# groups and the compatibility report data
+
+
+def group_hosts(records: Sequence[HostRecord]) -> List[Dict[str, Any]]:
+    """Hosts grouped by what their guests can get: the facts' fingerprint and the expansion data's."""
+    groups: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+    for record in records:
+        key = host_key(record.entry)
+        group = groups.get(key)
+        if group is None:
+            entry = record.entry
+            host_model = (entry.get("modes") or {}).get("host-model", {}).get("cpu") or {}
+            group = {"id": "G%d" % (len(groups) + 1), "key": key, "fingerprint": entry.get("fingerprint") or fingerprint(entry),
+                     "virt_type": entry.get("domain_type"), "arch": entry.get("arch"), "vendor": host_model.get("vendor"),
+                     "host_model": (host_model.get("model") or {}).get("name"),
+                     "usable_models": sorted(m["name"] for m in (entry.get("modes") or {}).get("custom", {}).get("models") or ()
+                                             if m.get("usable") is True),
+                     "hosts": [], "entry": entry}
+            groups[key] = group
+        group["hosts"].append(record.name)
+    return list(groups.values())
+
+
+def _guest_cpu(guest: Any, fleet_cpu: Optional[CPUDict]) -> CPUDict:
+    """The guest's CPU: its ``cpu`` (dict or XML), or the fleet CPU for ``cpu: fleet`` or no ``cpu``."""
+    if not isinstance(guest, Mapping) or not guest.get("name"):
+        raise FleetError("each guest must be a mapping with a name and a cpu (a CPU dict, <cpu> XML or 'fleet'), got %r"
+                         % (guest,))
+    cpu = guest.get("cpu", "fleet")
+    if cpu == "fleet" or cpu is None:
+        if fleet_cpu is None:
+            raise FleetError("guest %s asks for the fleet CPU, but there is none (see the baseline's error)" % guest["name"])
+        return fleet_cpu
+    return cpu_input(cpu, "guest %s" % guest["name"])
+
+
+def _short(verdict: Mapping[str, Any]) -> Dict[str, Any]:
+    return {key: verdict[key] for key in ("runs", "reason", "missing_features", "extra_features", "forbidden_features",
+                                          "fix", "unusable_model")}
+
+
+def _guest_report(guest: Mapping[str, Any], cpu: CPUDict, groups: Sequence[Dict[str, Any]],
+                  host_group: Mapping[str, str]) -> Dict[str, Any]:
+    verdicts = {group["id"]: cpu_verdict(cpu, group["entry"]) for group in groups}
+    source = host_group.get(str(guest.get("host"))) if guest.get("host") is not None else None
+    if guest.get("host") is not None and source is None:
+        raise FleetError("guest %s: host '%s' is not one of the fleet's hosts" % (guest.get("name"), guest.get("host")))
+    if source is None:
+        source = next((gid for gid, verdict in verdicts.items() if verdict["runs"]), None)
+    migrates: Dict[str, Any] = {}
+    if source is not None and verdicts[source]["runs"]:
+        live = verdicts[source]["live_cpu"]
+        for group in groups:
+            if group["id"] != source:
+                migrates[group["id"]] = _short(migration_verdict(live, group["entry"]))
+    return {
+        "name": str(guest.get("name")),
+        "host": None if guest.get("host") is None else str(guest.get("host")),
+        "cpu": ordered(cpu),
+        "source_group": source,
+        "runs_on": [gid for gid, verdict in verdicts.items() if verdict["runs"]],
+        "groups": {gid: _short(verdict) for gid, verdict in verdicts.items()},
+        "migrates_to": [gid for gid, verdict in migrates.items() if verdict["runs"]],
+        "migration": migrates,
+    }
+
+
+def compatibility(records: Sequence[HostRecord], guests: Sequence[Mapping[str, Any]] = (),
+                  baseline_hosts: Optional[Sequence[str]] = None, check: str = "full") -> Dict[str, Any]:
+    """Groups with their own baselines, the fleet baseline, and for each guest where it runs and migrates.
+
+    *baseline_hosts* names the hosts the fleet CPU is computed for (default: all). Each guest is
+    ``{name, cpu (a CPU dict or 'fleet'), host (optional: where it runs now)}``.
+    """
+    if not records:
+        raise FleetError("the list of hosts is empty: pass the hostcpu facts of at least one host")
+    groups = group_hosts(records)
+    host_group = {name: group["id"] for group in groups for name in group["hosts"]}
+    chosen = list(records)
+    if baseline_hosts is not None:
+        unknown = [name for name in baseline_hosts if name not in host_group]
+        if unknown:
+            raise FleetError("baseline hosts %s are not among the fleet's hosts (%s)" % (", ".join(unknown), ", ".join(host_group)))
+        wanted = set(baseline_hosts)
+        chosen = [record for record in records if record.name in wanted]
+    fleet = _baseline_summary(chosen, check)
+    for group in groups:
+        group["baseline"] = _baseline_summary([HostRecord(name, group["entry"]) for name in group["hosts"][:1]], check)
+    guest_list = [{"name": "fleet CPU", "cpu": "fleet"}] if fleet["cpu"] is not None else []
+    guest_list.extend(guests or ())
+    reports = [_guest_report(guest, _guest_cpu(guest, fleet["cpu"]), groups, host_group) for guest in guest_list]
+    return {
+        "groups": [{key: value for key, value in group.items() if key not in ("entry", "key")} for group in groups],
+        "hosts": [{"name": record.name, "group": host_group[record.name], "virt_type": record.entry.get("domain_type")}
+                  for record in records],
+        "baseline": dict(fleet, hosts=[record.name for record in chosen],
+                         groups=sorted({host_group[record.name] for record in chosen}, key=lambda gid: int(gid[1:]))),
+        "guests": reports,
+    }
+
+
+def _baseline_summary(records: Sequence[HostRecord], check: str) -> Dict[str, Any]:
+    try:
+        baseline = fleet_baseline(records, check)
+    except FleetError as exc:
+        return {"cpu": None, "error": str(exc), "model_candidates": [], "common_features": [], "dropped": {}, "proved": False}
+    return {"cpu": baseline.cpu, "error": None, "model_candidates": baseline.model_candidates,
+            "common_features": baseline.common_features, "dropped": baseline.dropped, "proved": baseline.proved}
