@@ -52,6 +52,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Op
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     CPUDict,
     cpu_from_xml,
+    cpu_to_xml,
     normalize_cpu,
     ordered,
     validate_cpu,
@@ -67,7 +68,12 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import 
     predict_live_cpu,
     read_cpu_map_files,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT_TYPES, fingerprint
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
+    VIRT_TYPES,
+    fingerprint,
+    host_model_as_custom_xml,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
 DEFAULT_VIRT_TYPE = "kvm"
 BASELINE_CHECKS = ("full", "partial")
@@ -760,3 +766,36 @@ def _baseline_summary(records: Sequence[HostRecord], check: str) -> Dict[str, An
         return {"cpu": None, "error": str(exc), "model_candidates": [], "common_features": [], "dropped": {}, "proved": False}
     return {"cpu": baseline.cpu, "error": None, "model_candidates": baseline.model_candidates,
             "common_features": baseline.common_features, "dropped": baseline.dropped, "proved": baseline.proved}
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs of libvirt's own baseline and compare (the cpu_baseline module)
+
+
+def _is_facts(value: Mapping[str, Any]) -> bool:
+    return _is_entry(value) or "virt_types" in value or isinstance(value.get("hostcpu"), Mapping)
+
+
+def libvirt_cpu_xml(item: Any, virt_type: Optional[str], what: str) -> str:
+    """``<cpu>`` XML for baselineHypervisorCPU / compareHypervisorCPU from XML, a CPU dict or host facts.
+
+    Host facts stand for their host-model CPU as ``<cpu mode='custom' match='exact'>`` (libvirt's
+    own input convention for baselines: what the host gives a host-model guest).
+    """
+    if isinstance(item, (str, bytes)):
+        root = parse_xml(item, what)
+        if root.tag != "cpu":
+            raise FleetError("%s is <%s> XML; pass a <cpu> element (a guest CPU, or a host CPU of 'virsh capabilities')"
+                             % (what, root.tag))
+        return item.decode("utf-8") if isinstance(item, bytes) else item
+    if isinstance(item, Mapping) and _is_facts(item):
+        entry = select_entry(item, virt_type, what)
+        text = host_model_as_custom_xml(entry)
+        if text is None:
+            raise FleetError("%s: virt type %s has no host-model CPU to stand for the host; pass a CPU instead"
+                             % (what, entry.get("domain_type")))
+        return text
+    if isinstance(item, Mapping):
+        cpu = validate_cpu(_plain(item))
+        return cpu_to_xml(cpu, indent=0)
+    raise FleetError("%s must be <cpu> XML text, a CPU dict or a host's hostcpu facts, got %s" % (what, type(item).__name__))
