@@ -362,12 +362,27 @@ def _strip_whitespace(element) -> None:
             node.tail = None
 
 
+def _sort_devices(root) -> None:
+    """Devices in a fixed order: libvirt itself moves auto-added controllers on a redefine (its
+    first redefine of a q35 domain moves the sata and virtio-serial controllers behind the PCI
+    controllers), which changes nothing a guest sees (every device keeps its address)."""
+    devices = root.find("devices")
+    if devices is None:
+        return
+    children = list(devices)
+    for child in children:
+        devices.remove(child)
+    for child in sorted(children, key=lambda el: etree.tostring(el, method="c14n")):
+        devices.append(child)
+
+
 def without_cpu(text: str) -> str:
-    """A canonical, indented form of the domain without its top-level <cpu> (for comparison)."""
+    """A canonical, indented form of the domain without its top-level <cpu>, devices sorted (for comparison)."""
     root = parse_domain(text)
     for cpu_el in root.findall("cpu"):
         root.remove(cpu_el)
     _strip_whitespace(root)
+    _sort_devices(root)
     canonical = etree.tostring(root, method="c14n")
     return etree.tostring(etree.fromstring(canonical), pretty_print=True, encoding="unicode")
 
