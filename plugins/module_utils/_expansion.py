@@ -503,13 +503,38 @@ def _qemu_for_facts(qemu: Mapping[str, Any], index: Mapping[str, int], cpu_map: 
     return result
 
 
+def expansion_data_from_parts(cpu_map: Mapping[str, Any], virt_type: str, host_model: Optional[Mapping[str, Any]],
+                              host: Optional[Mapping[str, Any]], qemu: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``expansion`` data from its parts: *cpu_map* (``cpu_map_from_xml``), the migratable host-model
+    CPU (``{model, vendor, features: [[name, policy]]}``), the full host CPU (``{vendor, features, listed}``,
+    hex masks) and the QEMU part (``_qemu_for_facts``; ``{}`` when QEMU was not asked)."""
+    index = {name: position for position, name in enumerate(cpu_map["features"])}
+    qemu_part = {"models": {}, "supported": "0", "migratable": "0", "unknown": [],
+                 "dependencies": dependencies_from_map(cpu_map), "msr_failures": []}
+    qemu_part.update(qemu)
+    data: Dict[str, Any] = {
+        "format": DATA_FORMAT,
+        "virt_type": virt_type,
+        "features": list(cpu_map["features"]),
+        "msr": _bits_for_facts(cpu_map),
+        "models": _models_for_facts(cpu_map),
+        "qemu": qemu_part,
+        "host_model": None if host_model is None else {
+            "model": host_model["model"], "vendor": host_model.get("vendor"),
+            "features": [[name, policy] for name, policy in host_model["features"]]},
+        "host": None if host is None else dict(host),
+    }
+    data["fingerprint"] = _data_fingerprint(data)
+    return data
+
+
 def expansion_data_from_xml(cpu_map_files: Mapping[str, Union[str, bytes]], capabilities_xml: Union[str, bytes, None],
                             domcaps_xml: Union[str, bytes], qemu: Mapping[str, Any]) -> Dict[str, Any]:
     """The ``expansion`` facts of one virt type from XML libvirt printed and QEMU's measured behaviour.
 
     *qemu* is what ``probe_qemu`` read through QMP (libvirt feature names): ``models`` (model ->
     features QEMU enables for it), ``max`` / ``max_migratable`` (what the accelerator can give),
-    ``known``, ``dependencies`` and ``msr_failures``.
+    ``known`` and ``msr_failures``.
     """
     cpu_map = cpu_map_from_xml(cpu_map_files)
     index = {name: position for position, name in enumerate(cpu_map["features"])}
@@ -517,23 +542,14 @@ def expansion_data_from_xml(cpu_map_files: Mapping[str, Union[str, bytes]], capa
     virt_type = (domcaps_root.findtext("domain") or "").strip()
     host_model = _host_model_of(domcaps_root)
     caps_root = parse_xml(capabilities_xml, "capabilities XML") if capabilities_xml is not None else None
-    data: Dict[str, Any] = {
-        "format": DATA_FORMAT,
-        "virt_type": virt_type,
-        "features": list(cpu_map["features"]),
-        "msr": _bits_for_facts(cpu_map),
-        "models": _models_for_facts(cpu_map),
-        "qemu": _qemu_for_facts(qemu, index, cpu_map),
-        "host_model": None,
-        "host": None,
-    }
+    migratable_host_model = None
+    host = None
     if host_model is not None:
         non_migratable = set(qemu["max"]) - set(qemu["max_migratable"])
-        data["host_model"] = {"model": host_model["model"], "vendor": host_model["vendor"],
-                              "features": [f for f in host_model["features"] if f[0] not in non_migratable]}
-        data["host"] = _full_host(virt_type, host_model, caps_root, cpu_map, index, accelerated=virt_type != "qemu")
-    data["fingerprint"] = _data_fingerprint(data)
-    return data
+        migratable_host_model = {"model": host_model["model"], "vendor": host_model["vendor"],
+                                 "features": [f for f in host_model["features"] if f[0] not in non_migratable]}
+        host = _full_host(virt_type, host_model, caps_root, cpu_map, index, accelerated=virt_type != "qemu")
+    return expansion_data_from_parts(cpu_map, virt_type, migratable_host_model, host, _qemu_for_facts(qemu, index, cpu_map))
 
 
 def _data_fingerprint(data: Mapping[str, Any]) -> str:
@@ -978,14 +994,14 @@ def _fix(names: Iterable[str]) -> List[Dict[str, str]]:
     return [{"name": name, "policy": "disable"} for name in names]
 
 
-def _validate_features(ctx: Context, cpu: GuestCPU) -> None:
+def check_features_known(ctx: Context, cpu: GuestCPU) -> None:
     for name in cpu.features:
         if name not in ctx.map.index:
             raise GuestWouldNotStart("unsupported configuration: unknown CPU feature: %s" % name,
                                      hint="remove it or use a name from libvirt's CPU map (the facts' expansion.features)")
 
 
-def _check_mode(ctx: Context, cpu: GuestCPU) -> None:
+def check_mode_supported(ctx: Context, cpu: GuestCPU) -> None:
     if not ctx.modes.get(cpu.mode):
         supported = [mode for mode, ok in ctx.modes.items() if ok]
         raise GuestWouldNotStart("unsupported configuration: CPU mode '%s' for %s %s domain on %s host is not supported "
@@ -993,7 +1009,7 @@ def _check_mode(ctx: Context, cpu: GuestCPU) -> None:
                                  hint="use one of the supported modes: %s" % ", ".join(supported))
 
 
-def _check_forbidden(ctx: Context, cpu: GuestCPU) -> None:
+def check_forbidden(ctx: Context, cpu: GuestCPU) -> None:
     """virCPUCheckForbiddenFeatures: a forbid feature the full host CPU lists by name."""
     if ctx.host is None:
         return
@@ -1003,7 +1019,7 @@ def _check_forbidden(ctx: Context, cpu: GuestCPU) -> None:
                                 hint="the host has '%s'; use policy disable instead of forbid" % name)
 
 
-def _compare(ctx: Context, cpu: GuestCPU) -> None:
+def compare_with_host(ctx: Context, cpu: GuestCPU) -> None:
     """x86Compute(full host CPU, cpu) with failIncompatible: what check='partial' refuses."""
     if ctx.host is None:
         raise _incompatible("unknown host CPU")
@@ -1066,7 +1082,7 @@ def _disable_removed(ctx: Context, cpu: GuestCPU) -> None:
         cpu.add_if_missing(name, "disable")
 
 
-def _update(ctx: Context, cpu: GuestCPU) -> None:
+def update_guest(ctx: Context, cpu: GuestCPU) -> None:
     """virCPUUpdate / virCPUx86Update with the migratable host-model CPU."""
     relative = (cpu.mode == "host-model" or cpu.match == "minimum"
                 or any(policy == "optional" for policy in cpu.features.values()))
@@ -1084,7 +1100,7 @@ def _update(ctx: Context, cpu: GuestCPU) -> None:
     _disable_removed(ctx, cpu)
 
 
-def _translate(ctx: Context, cpu: GuestCPU) -> None:
+def translate_model(ctx: Context, cpu: GuestCPU) -> None:
     """virCPUTranslate: a model the hypervisor does not know is replaced (fallback allow) or refused."""
     if cpu.model in ctx.allowed:
         return
@@ -1105,7 +1121,7 @@ def _translate(ctx: Context, cpu: GuestCPU) -> None:
     cpu.features = features
 
 
-def _filter_for_qemu(ctx: Context, cpu: GuestCPU) -> None:
+def filter_for_qemu(ctx: Context, cpu: GuestCPU) -> None:
     """Drop what libvirt never gives QEMU: ignored features, and disabled features QEMU does not know."""
     for name, policy in list(cpu.features.items()):
         if name in IGNORED_FEATURES or (policy in DISABLING and ctx.map.bit(name) & ctx.unknown):
@@ -1154,7 +1170,7 @@ def _check_msr_failures(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
                      % (index, ", ".join(names) or "unnamed bits", " or ".join(fix_names)))
 
 
-def _qemu_cpu(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
+def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
     """The features QEMU enables and the ones it reports unavailable, for the -cpu libvirt builds."""
     plus = cpu.with_policy(ctx, *ENABLING)
     minus = cpu.with_policy(ctx, *DISABLING)
@@ -1175,7 +1191,7 @@ def _qemu_cpu(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
     return enabled, disabled
 
 
-def _verify_invtsc(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
+def verify_invtsc(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
     """qemuProcessVerifyCPUFeatures."""
     invtsc = ctx.map.bit("invtsc")
     if cpu.mode == "custom" and not cpu.model:
@@ -1185,7 +1201,7 @@ def _verify_invtsc(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
                                  missing_features=["invtsc"], fix=_fix(["invtsc"]), hint="remove the invtsc feature")
 
 
-def _update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> None:
+def update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> None:
     """virCPUx86UpdateLive: reconcile the definition with what QEMU really did."""
     passthrough = cpu.mode in PASSTHROUGH_MODES
     data = cpu.data(ctx)
@@ -1225,6 +1241,71 @@ def _update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> 
                                       % ", ".join(removed) if removed else "use check: partial (or none)")
 
 
+def guest_cpu(cpu: Optional[CPUDict], ctx: Context) -> GuestCPU:
+    """The domain's CPU as libvirt stores it on define (refused as libvirt refuses it)."""
+    validate_cpu(cpu or {})
+    return GuestCPU(normalize_cpu(cpu or {}, ctx.virt_type, ctx.libvirt_version))
+
+
+def prepare_for_qemu(ctx: Context, guest: GuestCPU) -> GuestCPU:
+    """qemuProcessStartValidate + qemuProcessUpdateGuestCPU: the CPU libvirt gives QEMU."""
+    check_features_known(ctx, guest)
+    check_mode_supported(ctx, guest)
+    if guest.check != "none":
+        check_forbidden(ctx, guest)
+    if guest.mode not in PASSTHROUGH_MODES:
+        if guest.check == "partial":
+            compare_with_host(ctx, guest)
+        update_guest(ctx, guest)
+        translate_model(ctx, guest)
+        guest.fallback = "forbid"
+    filter_for_qemu(ctx, guest)
+    return guest
+
+
+def qemu_cpu_option(guest: GuestCPU) -> str:
+    """The value of QEMU's -cpu option for the prepared CPU (qemuBuildCpuModelArgStr + cache and
+    maxphysaddr; a domain's clock timers, Hyper-V and KVM features would sit before the cache ones)."""
+    head = {"host-passthrough": "host", "maximum": "max"}.get(guest.mode, guest.model or "")
+    parts = [head]
+    if guest.mode in PASSTHROUGH_MODES and guest.rest.get("migratable") is not None:
+        parts.append("migratable=%s" % ("on" if guest.rest["migratable"] else "off"))
+    if guest.vendor_id:
+        parts.append("vendor=%s" % guest.vendor_id)
+    for name, policy in guest.features.items():
+        if policy in ENABLING + DISABLING:
+            parts.append("%s=%s" % (QEMU_FEATURE_NAMES.get(name, name), "on" if policy in ENABLING else "off"))
+    return ",".join(parts + _cache_and_address_options(guest))
+
+
+def _cache_and_address_options(guest: GuestCPU) -> List[str]:
+    """qemuBuildCpuCommandLine's cache and maxphysaddr options (after any timer/Hyper-V/KVM ones)."""
+    options = []
+    cache = guest.rest.get("cache") or {}
+    passthrough = guest.mode in PASSTHROUGH_MODES
+    if cache.get("mode") == "emulate":
+        options += ["l3-cache=on"] + (["host-cache-info=off"] if passthrough else [])
+    elif cache.get("mode") == "passthrough":
+        options += ["host-cache-info=on", "l3-cache=off"]
+    elif cache.get("mode") == "disable":
+        options += (["host-cache-info=off"] if passthrough else []) + ["l3-cache=off"]
+    address = guest.rest.get("maxphysaddr") or {}
+    if address.get("mode") == "passthrough":
+        options.append("host-phys-bits=on")
+    elif address.get("mode") == "emulate":
+        options.append("phys-bits=%d" % address.get("bits", 0))
+    return options
+
+
+def finish_live(ctx: Context, guest: GuestCPU, enabled: Mask, disabled: Mask) -> GuestCPU:
+    """qemuProcessUpdateAndVerifyCPU: the live CPU once QEMU enabled *enabled* and filtered *disabled*."""
+    verify_invtsc(ctx, guest, enabled)
+    if guest.mode == "custom" or guest.check == "full":
+        update_live(ctx, guest, enabled, disabled)
+        guest.check = "full"
+    return guest
+
+
 def predict_live_cpu(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> CPUDict:
     """The CPU libvirt's live XML shows after a guest with *cpu* starts on *entry*'s host and virt type.
 
@@ -1233,22 +1314,6 @@ def predict_live_cpu(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> CPUDic
     when libvirt would refuse to define it, ``ExpansionDataError`` when the facts cannot tell.
     """
     ctx = context_for(entry)
-    validate_cpu(cpu or {})
-    guest = GuestCPU(normalize_cpu(cpu or {}, ctx.virt_type, ctx.libvirt_version))
-    _validate_features(ctx, guest)
-    _check_mode(ctx, guest)
-    if guest.check != "none":
-        _check_forbidden(ctx, guest)
-    if guest.mode not in PASSTHROUGH_MODES:
-        if guest.check == "partial":
-            _compare(ctx, guest)
-        _update(ctx, guest)
-        _translate(ctx, guest)
-        guest.fallback = "forbid"
-    _filter_for_qemu(ctx, guest)
-    enabled, disabled = _qemu_cpu(ctx, guest)
-    _verify_invtsc(ctx, guest, enabled)
-    if guest.mode == "custom" or guest.check == "full":
-        _update_live(ctx, guest, enabled, disabled)
-        guest.check = "full"
-    return guest.as_dict()
+    guest = prepare_for_qemu(ctx, guest_cpu(cpu, ctx))
+    enabled, disabled = qemu_features(ctx, guest)
+    return finish_live(ctx, guest, enabled, disabled).as_dict()
