@@ -105,11 +105,12 @@ def _is_entry(value: Any) -> bool:
     return isinstance(value, Mapping) and "modes" in value and "domain_type" in value
 
 
-def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host facts") -> Entry:
+def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host facts", strict: bool = True) -> Entry:
     """The ``virt_types`` entry of *facts* for *virt_type*, or *facts* when it is an entry already.
 
     *facts* is ``ansible_facts.hostcpu`` (or ``ansible_facts`` holding it); its virt type defaults
-    to kvm, as for the live_cpu filter.
+    to kvm, as for the live_cpu filter. An entry of another virt type than *virt_type* is an error
+    when *strict*, else taken as it is (in a list of hosts, *virt_type* is for whole facts).
     """
     if virt_type is not None and virt_type not in VIRT_TYPES:
         raise FleetError("%s: unknown virt type '%s'; valid virt types are: %s" % (what, virt_type, ", ".join(VIRT_TYPES)))
@@ -119,7 +120,7 @@ def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host 
     if isinstance(facts.get("hostcpu"), Mapping):
         facts = facts["hostcpu"]
     if _is_entry(facts):
-        if virt_type is not None and facts.get("domain_type") != virt_type:
+        if strict and virt_type is not None and facts.get("domain_type") != virt_type:
             raise FleetError("%s are those of virt type '%s', not '%s': pass the whole hostcpu facts or drop virt_type"
                              % (what, facts.get("domain_type"), virt_type))
         return facts
@@ -139,15 +140,17 @@ def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host 
 def _record(item: Any, position: int, virt_type: Optional[str]) -> HostRecord:
     if isinstance(item, Mapping) and "facts" in item and not _is_entry(item):
         name = str(item.get("name") or item.get("host") or "host %d" % (position + 1))
-        return HostRecord(name, select_entry(item["facts"], item.get("virt_type") or virt_type, "the facts of %s" % name))
+        if item.get("virt_type") is not None:
+            return HostRecord(name, select_entry(item["facts"], item["virt_type"], "the facts of %s" % name))
+        return HostRecord(name, select_entry(item["facts"], virt_type, "the facts of %s" % name, strict=False))
     name = "host %d" % (position + 1)
-    return HostRecord(name, select_entry(item, virt_type, "the facts of %s" % name))
+    return HostRecord(name, select_entry(item, virt_type, "the facts of %s" % name, strict=False))
 
 
 def host_records(hosts: Any, virt_type: Optional[str] = None) -> List[HostRecord]:
     """Labelled entries from a list (facts, entries or ``{name, facts, virt_type}``) or ``{name: facts}``."""
     if isinstance(hosts, Mapping) and not _is_entry(hosts) and "virt_types" not in hosts and "hostcpu" not in hosts:
-        return [HostRecord(str(name), select_entry(facts, virt_type, "the facts of %s" % name))
+        return [HostRecord(str(name), select_entry(facts, virt_type, "the facts of %s" % name, strict=False))
                 for name, facts in hosts.items()]
     if isinstance(hosts, (str, bytes)) or not isinstance(hosts, Sequence):
         raise FleetError("the hosts must be a list of host facts (ansible_facts.hostcpu, one of its virt_types entries, "
@@ -190,7 +193,8 @@ def _facts_map(entry: Entry) -> Optional[CPUMap]:
     data = entry.get("expansion")
     if not isinstance(data, Mapping) or "models" not in data or "features" not in data:
         return None
-    key = data.get("fingerprint") or id(data)
+    # One libvirt version has one CPU map: hosts of many kinds share it.
+    key = (entry.get("libvirt_version"), len(data["models"]), tuple(data["features"]))
     cpu_map = _FACTS_MAPS.get(key)
     if cpu_map is None:
         cpu_map = CPUMap.from_facts(data)
@@ -497,10 +501,10 @@ def _refine_on(host: DistinctHost, draft: _Draft) -> bool:
     hypervisor would add; a start drops the common features the live CPU lacks and disables the
     ones it has beyond them. A difference that cannot be adjusted away is an error.
     """
-    label = _names([host])
     try:
         live = predict_live_cpu(draft.cpu(), host.entry)
     except GuestWouldNotStart as exc:
+        label = _names([host])
         fix = [f["name"] for f in exc.fix or ()]
         changed = draft.drop(list(exc.missing_features) + fix + list(exc.forbidden_features),
                              "%s refuses it: %s" % (label, exc.reason))
@@ -509,12 +513,15 @@ def _refine_on(host: DistinctHost, draft: _Draft) -> bool:
             raise FleetError("%s does not start the baseline CPU with model %s: %s" % (label, draft.model, exc)) from None
         return True
     except ExpansionDataError as exc:
-        raise FleetError("%s: %s" % (label, exc)) from None
+        raise FleetError("%s: %s" % (_names([host]), exc)) from None
     live_features = enabled_features(live, draft.map)
     target = draft.target()
+    if live_features == target:
+        return False
+    label = _names([host])
     changed = draft.drop(target - live_features, "%s cannot give it" % label)
     changed = draft.disable(live_features - target, "%s's hypervisor adds it" % label) or changed
-    if not changed and live_features != target:
+    if not changed:
         raise FleetError("%s runs the baseline CPU with model %s as a different CPU (extra: %s; missing: %s)"
                          % (label, draft.model, ", ".join(sorted(live_features - target)) or "none",
                             ", ".join(sorted(target - live_features)) or "none"))
@@ -522,13 +529,21 @@ def _refine_on(host: DistinctHost, draft: _Draft) -> bool:
 
 
 def _prove(hosts: Sequence[DistinctHost], draft: _Draft) -> None:
-    """Refine until every host starts the draft with exactly the common features."""
+    """Refine until every host starts the draft with exactly the common features.
+
+    Each change of the draft bumps its version; a host is predicted again only when the draft
+    changed since it last started it unchanged.
+    """
+    version = 0
+    accepted = [-1] * len(hosts)
     for _round in range(MAX_ROUNDS):
-        changed = False
-        for host in hosts:
+        for position, host in enumerate(hosts):
+            if accepted[position] == version:
+                continue
             while _refine_on(host, draft):
-                changed = True
-        if not changed:
+                version += 1
+            accepted[position] = version
+        if all(seen == version for seen in accepted):
             return
     raise FleetError("the baseline CPU did not settle after %d rounds of prediction" % MAX_ROUNDS)
 
@@ -541,12 +556,12 @@ def _disable_everything_else(hosts: Sequence[DistinctHost], draft: _Draft) -> No
 
 
 def _missing_reasons(hosts: Sequence[DistinctHost], common: FrozenSet[str]) -> Dict[str, str]:
-    reasons: Dict[str, str] = {}
+    """For each feature some host gives but not all: the hosts without it."""
+    offered: Set[str] = set()
     for host in hosts:
-        for name in host.view.features - common:
-            lacking = [other for other in hosts if name not in other.view.features]
-            reasons.setdefault(name, "not on %s" % _names(lacking))
-    return reasons
+        offered |= host.view.features
+    return {name: "not on %s" % _names(host for host in hosts if name not in host.view.features)
+            for name in offered - common}
 
 
 def _validated_check(check: str) -> str:

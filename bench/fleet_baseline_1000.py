@@ -1,0 +1,102 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Time fleet_baseline over 1000 synthetic hosts derived from this machine's real facts.
+
+    PYTHONPATH=.collections .venv/bin/python bench/fleet_baseline_1000.py [--hosts 1000] [--kinds 20] [--repeat 3]
+
+The hosts are variants of the real kvm and qemu facts (tests/unit/fixtures): each lacks 1-6 random
+features of its host-model CPU (QEMU cannot give them, libvirt's host-model CPU and expansions do
+not list them, models that need them are unusable), so their baseline has to be worked out again.
+Two fleets are timed, through the filter itself (as a playbook calls it, with the Python of the
+controller):
+
+* "kinds": HOSTS hosts of KINDS distinct kinds (a real fleet has a few CPU generations),
+* "distinct": HOSTS hosts, every one different (the worst case: nothing is shared).
+
+Each is timed cold (caches of host views, CPU maps and prediction contexts emptied) and warm
+(the same facts again, as a second filter call in the same play would see them). Prints one line
+per measurement and checks that the CPU starts identically on every host (by prediction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "unit" / "plugins" / "module_utils"))
+from fleet_facts import real_facts, variant  # noqa: E402  pylint: disable=wrong-import-position
+
+from ansible_collections.hostcpu.libvirt.plugins.filter.fleet import fleet_baseline  # noqa: E402
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _baseline, _expansion  # noqa: E402
+
+
+def fleet(hosts: int, kinds: int, seed: int) -> list:
+    """*hosts* records ``{name, facts}`` drawn from *kinds* variants (kinds=hosts: all distinct)."""
+    facts = real_facts()
+    rng = random.Random(seed)
+    variants = []
+    for index in range(kinds):
+        virt_type = ("kvm", "qemu")[index % 2]
+        variants.append(variant(facts["virt_types"][virt_type], rng, rng.randint(1, 6)))
+    # Every host gets its own copy, as hostvars would hold it.
+    return [{"name": "host%04d" % index, "facts": json.loads(json.dumps(variants[index % kinds]))}
+            for index in range(hosts)]
+
+
+def clear_caches() -> None:
+    _baseline._VIEWS.clear()  # pylint: disable=protected-access
+    _baseline._FACTS_MAPS.clear()  # pylint: disable=protected-access
+    _expansion._CONTEXTS.clear()  # pylint: disable=protected-access
+
+
+def timed(hosts: list, cold: bool) -> tuple:
+    if cold:
+        clear_caches()
+    start = time.perf_counter()
+    cpu = fleet_baseline(hosts)
+    return time.perf_counter() - start, cpu
+
+
+def check(hosts: list, cpu: dict) -> int:
+    """Predict the CPU on every distinct host: all live CPUs must be the same. Returns the number of kinds."""
+    lives = set()
+    for record in _baseline.distinct_hosts(_baseline.host_records(hosts)):
+        lives.add(json.dumps(_expansion.predict_live_cpu(cpu, record.entry), sort_keys=True))
+    if len(lives) != 1:
+        raise SystemExit("the baseline runs as %d different CPUs" % len(lives))
+    return len(_baseline.distinct_hosts(_baseline.host_records(hosts)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=1000)
+    parser.add_argument("--kinds", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    for label, kinds in (("kinds", args.kinds), ("distinct", args.hosts)):
+        hosts = fleet(args.hosts, kinds, args.seed)
+        colds, warms = [], []
+        cpu = None
+        for _ in range(args.repeat):
+            seconds, cpu = timed(hosts, cold=True)
+            colds.append(seconds)
+            seconds, _cpu = timed(hosts, cold=False)
+            warms.append(seconds)
+        distinct = check(hosts, cpu)
+        features = cpu.get("features") or []
+        print("%-8s %5d hosts, %4d distinct: cold %.3f s (median of %d), warm %.3f s; model %s, %d required, %d disabled"
+              % (label, args.hosts, distinct, statistics.median(colds), args.repeat, statistics.median(warms),
+                 cpu["model"]["name"], sum(f["policy"] == "require" for f in features),
+                 sum(f["policy"] == "disable" for f in features)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
