@@ -939,7 +939,8 @@ class GuestCPU:
         self.check = cpu.get("check")
         model = cpu.get("model") or {}
         self.model = model.get("name")
-        self.fallback = model.get("fallback")
+        # virCPUDef's default: a host-model CPU without <model> still has fallback allow inside libvirt
+        self.fallback = model.get("fallback") or "allow"
         self.vendor_id = model.get("vendor_id")
         self.vendor = cpu.get("vendor")
         self.features: "OrderedDict[str, str]" = OrderedDict(
@@ -1242,9 +1243,17 @@ def update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> N
 
 
 def guest_cpu(cpu: Optional[CPUDict], ctx: Context) -> GuestCPU:
-    """The domain's CPU as libvirt stores it on define (refused as libvirt refuses it)."""
+    """The domain's CPU as libvirt holds it after define (refused as libvirt refuses it).
+
+    A host-model ``<model fallback='...'/>`` is not written back to the XML, but the running
+    daemon keeps it in the definition it starts the guest from, so it counts here.
+    """
     validate_cpu(cpu or {})
-    return GuestCPU(normalize_cpu(cpu or {}, ctx.virt_type, ctx.libvirt_version))
+    guest = GuestCPU(normalize_cpu(cpu or {}, ctx.virt_type, ctx.libvirt_version))
+    given_fallback = ((cpu or {}).get("model") or {}).get("fallback")
+    if guest.mode == "host-model" and given_fallback:
+        guest.fallback = given_fallback
+    return guest
 
 
 def prepare_for_qemu(ctx: Context, guest: GuestCPU) -> GuestCPU:
