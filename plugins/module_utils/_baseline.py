@@ -741,7 +741,8 @@ def _guest_report(guest: Mapping[str, Any], cpu: CPUDict, groups: Sequence[Dict[
 
 
 def compatibility(records: Sequence[HostRecord], guests: Sequence[Mapping[str, Any]] = (),
-                  baseline_hosts: Optional[Sequence[str]] = None, check: str = "full") -> Dict[str, Any]:
+                  baseline_hosts: Optional[Sequence[str]] = None, check: str = "full",
+                  model: Optional[str] = None) -> Dict[str, Any]:
     """Groups with their own baselines, the fleet baseline, and for each guest where it runs and migrates.
 
     *baseline_hosts* names the hosts the fleet CPU is computed for (default: all). Each guest is
@@ -758,9 +759,10 @@ def compatibility(records: Sequence[HostRecord], guests: Sequence[Mapping[str, A
             raise FleetError("baseline hosts %s are not among the fleet's hosts (%s)" % (", ".join(unknown), ", ".join(host_group)))
         wanted = set(baseline_hosts)
         chosen = [record for record in records if record.name in wanted]
-    fleet = _baseline_summary(chosen, check)
+    _validated_check(check)
+    fleet = _baseline_summary(chosen, check, model)
     for group in groups:
-        group["baseline"] = _baseline_summary([HostRecord(name, group["entry"]) for name in group["hosts"][:1]], check)
+        group["baseline"] = _baseline_summary([HostRecord(name, group["entry"]) for name in group["hosts"][:1]], check, model)
     guest_list = [{"name": "fleet CPU", "cpu": "fleet"}] if fleet["cpu"] is not None else []
     guest_list.extend(guests or ())
     reports = [_guest_report(guest, _guest_cpu(guest, fleet["cpu"]), groups, host_group) for guest in guest_list]
@@ -774,9 +776,9 @@ def compatibility(records: Sequence[HostRecord], guests: Sequence[Mapping[str, A
     }
 
 
-def _baseline_summary(records: Sequence[HostRecord], check: str) -> Dict[str, Any]:
+def _baseline_summary(records: Sequence[HostRecord], check: str, model: Optional[str] = None) -> Dict[str, Any]:
     try:
-        baseline = fleet_baseline(records, check)
+        baseline = fleet_baseline(records, check, model)
     except FleetError as exc:
         return {"cpu": None, "error": str(exc), "model_candidates": [], "common_features": [], "dropped": {}, "proved": False}
     return {"cpu": baseline.cpu, "error": None, "model_candidates": baseline.model_candidates,
