@@ -346,6 +346,8 @@ def validate_cpu(cpu: CPUDict) -> CPUDict:
         if addr["mode"] == "passthrough" and addr.get("bits") is not None:
             raise CPUDefinitionError("maxphysaddr bits cannot be used with mode passthrough: drop bits (or use limit) "
                                      "or use mode emulate")
+        if addr["mode"] == "emulate" and addr.get("bits") is None:
+            raise CPUDefinitionError("maxphysaddr mode emulate needs bits (the guest's physical address width, e.g. 42)")
     _validate_features(cpu, mode)
     return cpu
 
