@@ -49,8 +49,11 @@ def _looks_like_entry(value: Mapping) -> bool:
     return "modes" in value and "domain_type" in value
 
 
-def _virt_type_entry(host_facts: Any, virt_type: Optional[str]) -> Dict[str, Any]:
-    """One ``virt_types`` entry from the whole ``hostcpu`` facts (or ansible_facts), or the entry itself."""
+def _virt_type_entry(host_facts: Any, virt_type: Optional[str]) -> Mapping:
+    """One ``virt_types`` entry from the whole ``hostcpu`` facts (or ansible_facts), or the entry itself.
+
+    The entry is used as it is (only read, never copied: the prediction caches what it needs by the
+    fingerprint of its expansion data)."""
     if virt_type is not None and virt_type not in VIRT_TYPES:
         raise AnsibleFilterError("live_cpu: unknown virt type '%s'; valid virt types are: %s"
                                  % (virt_type, ", ".join(VIRT_TYPES)))
@@ -63,7 +66,7 @@ def _virt_type_entry(host_facts: Any, virt_type: Optional[str]) -> Dict[str, Any
         if virt_type is not None and host_facts.get("domain_type") != virt_type:
             raise AnsibleFilterError("live_cpu: the host facts given are those of virt type '%s', not '%s'; pass the "
                                      "whole hostcpu facts or drop virt_type" % (host_facts.get("domain_type"), virt_type))
-        return _plain(host_facts)
+        return host_facts
     virt_types = host_facts.get("virt_types")
     if not isinstance(virt_types, Mapping):
         raise AnsibleFilterError("live_cpu: host_facts has neither 'virt_types' nor 'modes': pass ansible_facts.hostcpu "
@@ -78,7 +81,7 @@ def _virt_type_entry(host_facts: Any, virt_type: Optional[str]) -> Dict[str, Any
     if not isinstance(entry, Mapping) or not _looks_like_entry(entry):
         raise AnsibleFilterError("live_cpu: host_facts.virt_types.%s is not a virt type entry of hostcpu.libvirt.cpu_facts"
                                  % wanted)
-    return _plain(entry)
+    return entry
 
 
 def live_cpu(cpu: Any, host_facts: Any, virt_type: Optional[str] = None) -> Dict[str, Any]:

@@ -902,11 +902,15 @@ _CONTEXTS: "OrderedDict[Tuple[Any, ...], Context]" = OrderedDict()
 
 
 def _context_key(entry: Mapping[str, Any]) -> Tuple[Any, ...]:
+    """What a Context is built from: the expansion data (by its fingerprint) and the entry's modes."""
     data = entry.get("expansion")
     fingerprint = data.get("fingerprint") if isinstance(data, Mapping) else None
-    modes = entry.get("modes")
-    return (fingerprint, entry.get("fingerprint"), entry.get("domain_type"), entry.get("libvirt_version"),
-            None if entry.get("fingerprint") else json.dumps(modes, sort_keys=True, default=str))
+    modes = entry.get("modes") if isinstance(entry.get("modes"), Mapping) else {}
+    supported = tuple(sorted((str(name), bool((mode or {}).get("supported")) if isinstance(mode, Mapping) else None)
+                             for name, mode in modes.items()))
+    custom = modes.get("custom") if isinstance(modes.get("custom"), Mapping) else {}
+    models = tuple(model.get("name") if isinstance(model, Mapping) else None for model in custom.get("models") or ())
+    return (fingerprint, entry.get("domain_type"), entry.get("arch"), entry.get("libvirt_version"), supported, models)
 
 
 def context_for(entry: Mapping[str, Any]) -> Context:
@@ -972,9 +976,10 @@ class GuestCPU:
             cpu["match"] = self.match
         cpu["check"] = self.check
         cpu.update(self.rest)
-        model = {key: value for key, value in (("name", self.model if self.mode == "custom" else None),
-                                                ("fallback", self.fallback if self.mode in ("custom", "host-model") else None),
-                                                ("vendor_id", self.vendor_id)) if value is not None}
+        parts = (("name", self.model if self.mode == "custom" else None),
+                 ("fallback", self.fallback if self.mode in ("custom", "host-model") else None),
+                 ("vendor_id", self.vendor_id))
+        model = {key: value for key, value in parts if value is not None}
         if model:
             cpu["model"] = model
         if self.vendor and self.mode == "custom":

@@ -51,7 +51,7 @@ options:
     description:
       - Measure how QEMU builds guest CPUs on this host, per virt type, so that the
         P(hostcpu.libvirt.live_cpu#filter) filter can compute the exact live CPU of any guest CPU
-        from the facts alone (RV(ansible_facts.hostcpu.virt_types.kvm.expansion)).
+        from the facts alone (C(ansible_facts.hostcpu.virt_types.<type>.expansion)).
       - Starts one tiny transient paused guest per virt type, named C(hostcpu-probe-<random>-<virt type>-...),
         asks its QEMU (QMP) how it expands every CPU model and what the accelerator gives, and destroys it.
         When the largest CPU fails to start because KVM refuses an MSR (nested KVM and MSR 0x10a),

@@ -68,9 +68,9 @@ def host_model_cases(virt_type: str) -> List[Case]:
     if virt_type == "kvm":
         cases += [
             ("hm-dependant-kept", _host_model(fix, features=[_f("rdctl-no")])),
-            ("hm-dependant-disabled", {"mode": "host-model", "features": [_f("rdctl-no", "disable"), _f("mds-no", "disable"),
-                                                                        _f("skip-l1dfl-vmentry", "disable"),
-                                                                        _f("pschange-mc-no", "disable")]}),
+            ("hm-dependant-disabled", {"mode": "host-model",
+                                       "features": [_f("rdctl-no", "disable"), _f("mds-no", "disable"),
+                                                    _f("skip-l1dfl-vmentry", "disable"), _f("pschange-mc-no", "disable")]}),
         ]
     else:
         cases += [

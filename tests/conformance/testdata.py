@@ -16,6 +16,7 @@ Three families, each replaying a libvirt test on _expansion's code:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -25,7 +26,6 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tu
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_from_xml
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
-    CPUMap,
     Context,
     GuestCPU,
     GuestWouldNotStart,
@@ -185,7 +185,7 @@ def _cpu_option(args_path: Path) -> str:
 def _caps_file(version: str) -> Path:
     if version != "latest":
         return TESTS / "qemucapabilitiesdata" / ("caps_%s.x86_64.xml" % version)
-    files = sorted(TESTS.glob("qemucapabilitiesdata/caps_*.x86_64.xml"), key=lambda path: _version_of(path))
+    files = sorted(TESTS.glob("qemucapabilitiesdata/caps_*.x86_64.xml"), key=_version_of)
     return files[-1]
 
 
@@ -404,6 +404,20 @@ def live_difference(actual: Dict[str, Any], expected: Dict[str, Any]) -> List[st
     return problems
 
 
+def _run_updatelive(base: str, expected: Dict[str, Any], models: Dict[str, List[str]]) -> Any:
+    cpu = parsed_guest(_text(_test_xml(base + "-guest")))
+    target = expected["model"]["name"]
+    if cpu.model != target:
+        ctx = make_context(None, None, [target])
+        ctx.allowed = {target: mask(models.get(target, ()))}
+        cpu.fallback = "allow"
+        translate_model(ctx, cpu)
+        cpu.fallback = "forbid"
+    ctx = make_context(None, None, None)
+    update_live(ctx, cpu, _cpudata(_test_xml(base + "-enabled")), _cpudata(_test_xml(base + "-disabled")))
+    return live_difference(cpu.as_dict(), expected) or "same"
+
+
 def updatelive_cases() -> List[Case]:
     cases = []
     for call in _c_calls("DO_TEST_CPUID"):
@@ -412,21 +426,9 @@ def updatelive_cases() -> List[Case]:
             continue
         base = "cpuid-%s" % host
         expected = cpu_from_xml(_text(_test_xml(base + "-json")))
-        models = _qmp_definitions(CPUTEST / ("x86_64-%s.json" % base)) if json_flag in ("JSON_MODELS", "JSON_MODELS_REQUIRED") else {}
-
-        def run(host=host, base=base, expected=expected, models=models):
-            cpu = parsed_guest(_text(_test_xml(base + "-guest")))
-            target = expected["model"]["name"]
-            if cpu.model != target:
-                ctx = make_context(None, None, [target])
-                ctx.allowed = {target: mask(models.get(target, ()))}
-                cpu.fallback = "allow"
-                translate_model(ctx, cpu)
-                cpu.fallback = "forbid"
-            ctx = make_context(None, None, None)
-            update_live(ctx, cpu, _cpudata(_test_xml(base + "-enabled")), _cpudata(_test_xml(base + "-disabled")))
-            return live_difference(cpu.as_dict(), expected) or "same"
-        cases.append(Case("updatelive", host, "same", run))
+        with_models = json_flag in ("JSON_MODELS", "JSON_MODELS_REQUIRED")
+        models = _qmp_definitions(CPUTEST / ("x86_64-%s.json" % base)) if with_models else {}
+        cases.append(Case("updatelive", host, "same", functools.partial(_run_updatelive, base, expected, models)))
     return cases
 
 

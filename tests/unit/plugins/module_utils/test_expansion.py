@@ -375,8 +375,8 @@ def test_decode_finds_the_host_model_of_libvirts_capabilities():
     data = cpu_map.models[host["model"]["name"]].mask | cpu_map.mask(f["name"] for f in host["features"])
     decoded = decode(cpu_map, data, "AMD", (25, 17, 1), guest=False)
     assert decoded.model == host["model"]["name"] == "kvm64"
-    assert [name for name, _policy in decoded.features] == [name for name in cpu_map.names if name in
-                                                             {f["name"] for f in host["features"]}]
+    listed = {f["name"] for f in host["features"]}
+    assert [name for name, _policy in decoded.features] == [name for name in cpu_map.names if name in listed]
 
 
 def _host_cpu_xml() -> str:
