@@ -29,11 +29,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # -rs: every skipped test is listed with its reason at the end.
 PYTEST := $(PY) -m pytest -rs
 
-.PHONY: help link venv system daemons setup sanity unit integration accuracy testdata demo test clean distclean
+.PHONY: help link venv system daemons setup sanity unit integration accuracy fleet testdata demo test clean distclean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
-	@echo '  targets: venv system daemons setup sanity unit integration accuracy testdata demo test clean'
+	@echo '  targets: venv system daemons setup sanity unit integration accuracy fleet testdata demo test clean'
 
 # --- set-up ------------------------------------------------------------------------------
 
@@ -78,6 +78,11 @@ integration: venv daemons
 accuracy: venv daemons testdata
 	$(PYTEST) tests/accuracy tests/conformance
 
+# Molecule scenario extensions/molecule/fleet: kvm and qemu of this machine as a two-host fleet,
+# a guest with the fleet CPU started under each (about 2 minutes).
+fleet: venv daemons
+	molecule test -s fleet
+
 testdata: system
 	bash scripts/fetch-testdata.sh
 
@@ -91,6 +96,7 @@ test: setup
 	$(MAKE) --no-print-directory unit
 	$(MAKE) --no-print-directory integration
 	$(MAKE) --no-print-directory accuracy
+	$(MAKE) --no-print-directory fleet
 
 # --- cleaning ----------------------------------------------------------------------------
 

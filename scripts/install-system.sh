@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the system packages hostcpu.libvirt needs to build, test and demo: libvirt's daemon and
 # QEMU driver, QEMU for x86, libvirt's client tools and headers (libvirt-python builds against
-# them), a C compiler, virt-install, dpkg-dev (for `apt-get source` in `make testdata`) and the
-# ShellCheck linter (ansible-test skips its shellcheck sanity test without it).
+# them), a C compiler, virt-install, dpkg-dev (for `apt-get source` in `make testdata`), the
+# ShellCheck linter (ansible-test skips its shellcheck sanity test without it) and Chromium (the
+# fleet report's HTML is rendered headless in tests/integration/test_fleet_report.py).
 #
 # A fast no-op when everything is present: it asks the package database (dpkg -s / rpm -q), and
 # only when something is missing does it refresh the package lists (once) and install.
@@ -49,6 +50,7 @@ install_apt() {
         virtinst
         dpkg-dev
         shellcheck
+        chromium
         git
         make
     )
@@ -103,6 +105,7 @@ install_dnf() {
         gcc
         virt-install
         ShellCheck
+        chromium
         git
         make
     )
