@@ -28,6 +28,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     ordered,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import IGNORED_FEATURES
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import etree, parse_xml
 
 # Children of <cpu> that the CPU dict describes; every other child (numa, ...) is kept verbatim.
@@ -411,7 +412,9 @@ def outside_cpu_differences(before: str, after: str, limit: int = 40) -> List[st
 # running guests
 
 
-def _feature_matches_live(policy: str, live_policy: Optional[str]) -> bool:
+def _feature_matches_live(name: str, policy: str, live_policy: Optional[str]) -> bool:
+    if live_policy is None and name in IGNORED_FEATURES:
+        return True  # libvirt never passes these to QEMU and drops them from the live CPU
     if policy in ("disable", "forbid"):
         return live_policy in (None, "disable", "forbid")
     if policy in ("require", "force"):
@@ -433,15 +436,38 @@ def _expected_live_model(wanted: CPUDict, host_model: Optional[CPUDict]) -> Tupl
     return None, None
 
 
+def _host_model_features_pending(wanted: CPUDict, running: CPUDict, host_model: Optional[CPUDict],
+                                 dependencies: Optional[Mapping[str, List[str]]]) -> bool:
+    """A host-model guest runs with a feature disabled that the host offers and the definition no longer disables.
+
+    The live CPU of a host-model guest has every feature of the host-model CPU; one the host offers
+    (``require`` in the host-model CPU) that is disabled live must be disabled by the definition,
+    or hang on a feature the definition disables (*dependencies*: parent -> children, e.g.
+    arch-capabilities -> the MSR 0x10a features). Anything else comes from an older definition.
+    """
+    if host_model is None or dependencies is None:
+        return False
+    offered = {f["name"] for f in host_model.get("features") or [] if (f.get("policy") or "require") == "require"}
+    disabled_by_definition = {f["name"] for f in wanted.get("features") or [] if f["policy"] in ("disable", "forbid")}
+    explained = set(disabled_by_definition)
+    for parent in disabled_by_definition:
+        explained.update(dependencies.get(parent, ()))
+    disabled_live = {f["name"] for f in running.get("features") or [] if f["policy"] == "disable"}
+    return bool((disabled_live & offered) - explained)
+
+
 def live_matches_definition(definition: CPUDict, live: CPUDict, virt_type: str = "kvm",
                             libvirt_version: Optional[Tuple[int, ...]] = None,
-                            host_model: Optional[CPUDict] = None) -> bool:
+                            host_model: Optional[CPUDict] = None,
+                            dependencies: Optional[Mapping[str, List[str]]] = None) -> bool:
     """Whether a running guest's live CPU comes from *definition* (False: a restart is pending).
 
     Compares what a start keeps from the definition: the mode family, the model and vendor (a
     custom model's own; for host-model and match minimum those of *host_model*, this host's
-    host-model CPU, when known), topology, cache and maxphysaddr, and every feature the
-    definition names (a required feature the hypervisor cannot give comes up disabled).
+    host-model CPU, when known), topology, cache and maxphysaddr, every feature the definition
+    names (a required feature the hypervisor cannot give comes up disabled) and, for host-model
+    guests, no host-model feature disabled that the definition does not disable (needs
+    *dependencies*, the features that hang on others).
     """
     wanted = normalize_cpu(definition, virt_type, libvirt_version)
     running = normalize_cpu(live, virt_type, libvirt_version)
@@ -461,7 +487,9 @@ def live_matches_definition(definition: CPUDict, live: CPUDict, virt_type: str =
         if wanted.get(key) != running.get(key):
             return False
     live_policies = {f["name"]: f["policy"] for f in running.get("features") or []}
-    return all(_feature_matches_live(f["policy"], live_policies.get(f["name"])) for f in wanted.get("features") or [])
+    if not all(_feature_matches_live(f["name"], f["policy"], live_policies.get(f["name"])) for f in wanted.get("features") or []):
+        return False
+    return not (mode == "host-model" and _host_model_features_pending(wanted, running, host_model, dependencies))
 
 
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"

@@ -227,9 +227,9 @@ EXAMPLES = r"""
     restart: true
     shutdown_timeout: 120
 
-- name: Give the whole fleet the CPU every host can run
+- name: Give the guests the CPU every host of the fleet can run
   hostcpu.libvirt.domain_cpu:
-    name: "{{ groups_guests }}"
+    name: "{{ guest_names }}"
     cpu: "{{ groups['hypervisors'] | map('extract', hostvars, 'hostcpu') | hostcpu.libvirt.fleet_baseline }}"
 
 - name: Remove the CPU definition (libvirt's default CPU applies)
@@ -347,6 +347,14 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     replace_cpu,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
+    GuestWouldNotStart,
+    cpu_map_from_xml,
+    dependencies_from_map,
+    expansion_data_from_libvirt,
+    predict_live_cpu,
+    read_cpu_map_files,
+)
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     host_model_as_custom_xml,
     host_model_cpu,
@@ -367,12 +375,6 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import
     start_failure_hint,
     target_text,
     validate_for_host,
-)
-
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
-    GuestWouldNotStart,
-    expansion_data_from_libvirt,
-    predict_live_cpu,
 )
 
 SINGLE_CPU_OPTIONS = ("mode", "match", "check", "migratable", "model", "fallback", "vendor_id", "vendor",
@@ -510,9 +512,9 @@ def read_job(conn, name: str, uri: str, wanted: Dict[str, Any], params: Dict[str
     text = inactive_xml(domain)
     info = domain_info(text)
     plan = plan_cpu(read_cpu(text), wanted, params["state"], features_mode, info.virt_type, version)
-    state = state_name(domain)
-    live = call("reading the live XML of '%s'" % name, domain.XMLDesc, 0) if state != "shutoff" else None
-    return CPUJob(name, domain, text, info, plan, state, live)
+    active = call("reading the state of '%s'" % name, domain.isActive)
+    live = call("reading the live XML of '%s'" % name, domain.XMLDesc, 0) if active else None
+    return CPUJob(name, domain, text, info, plan, state_name(domain), live)
 
 
 class HostChecks:
@@ -526,6 +528,7 @@ class HostChecks:
         self.provided: Dict[Tuple, List[str]] = {}
         self.compared: Dict[Tuple, Optional[str]] = {}
         self.features: Dict[str, Optional[KnownFeatures]] = {}
+        self.feature_dependencies: Optional[Dict[str, List[str]]] = None
 
     @staticmethod
     def key(info: DomainInfo) -> Tuple:
@@ -539,6 +542,15 @@ class HostChecks:
                        self.conn.getDomainCapabilities, info.emulator, info.arch, info.machine, info.virt_type, 0)
             self.entries[key] = virt_type_entry(info.virt_type, xml, version_text(".".join(map(str, self.version))))
         return self.entries[key]
+
+    def dependencies(self) -> Optional[Dict[str, List[str]]]:
+        """Which features hang on which (libvirt's CPU map on this host); None when it cannot be read."""
+        if self.feature_dependencies is None:
+            try:
+                self.feature_dependencies = dependencies_from_map(cpu_map_from_xml(read_cpu_map_files()))
+            except CPUError:
+                return None
+        return self.feature_dependencies
 
     def measured_entry(self, info: DomainInfo) -> Dict[str, Any]:
         """The entry with the expansion data the live-CPU prediction needs (one probe guest per target)."""
@@ -677,16 +689,25 @@ def rollback_xml(job: CPUJob) -> str:
 
 
 def roll_back(conn, job: CPUJob, paused: bool) -> str:
-    """Restore the previous definition and start the guest as it was; say what happened."""
+    """Restore the previous definition and start the guest as it was; say what happened.
+
+    When this task changed the definition, the previous one is defined and started. When it did
+    not (a restart of a change made earlier), the guest is started with the CPU it ran with (its
+    live CPU) and its definition is then put back as it was.
+    """
+    start_xml = rollback_xml(job)
+    how = " paused" if paused else ""
     try:
-        define(conn, job.name, rollback_xml(job))
+        define(conn, job.name, start_xml)
         start(job.domain, paused)
-        if rollback_xml(job) != job.inactive_xml:
+        if start_xml != job.inactive_xml:
             define(conn, job.name, job.inactive_xml)
     except (libvirt.libvirtError, CPUError) as exc:
         return ("restoring it failed too (%s): the domain is shut off with its previous definition"
                 % (libvirt_message(exc) if isinstance(exc, libvirt.libvirtError) else exc))
-    return "its previous CPU definition was restored and it was started again%s with its previous CPU" % (" paused" if paused else "")
+    if start_xml != job.inactive_xml:
+        return "it was started again%s with the CPU it ran with; its definition is unchanged" % how
+    return "its previous CPU definition was restored and it was started again%s with its previous CPU" % how
 
 
 def restart(conn, job: CPUJob, timeout: int) -> None:
@@ -739,8 +760,9 @@ class Runner:
             return False
         if job.plan.changed:
             return True
+        dependencies = self.checks.dependencies() if cpu_after.get("mode") == "host-model" else None
         return not live_matches_definition(cpu_after, read_cpu(job.live_xml), job.info.virt_type, self.version,
-                                           host_model(self.checks, job))
+                                           host_model(self.checks, job), dependencies)
 
     def converge(self, job: CPUJob) -> None:
         check_mode = self.module.check_mode

@@ -361,3 +361,19 @@ def test_predicted_live_cpu_is_what_the_restart_gives(domains, run_module):
     dom = domains.define("a", "qemu", start=True)
     entry = only(run_module("domain_cpu", {"name": dom.name(), "mode": "host-model", "predict": True, "restart": True}))
     assert entry["restarted"] and entry["predicted_live_cpu"] == entry["live_cpu"] == live_cpu(dom)
+
+
+def test_a_failed_restart_of_an_earlier_change_starts_the_guest_with_the_cpu_it_ran(virt_types, domains, run_tasks):
+    if "kvm" not in virt_types:
+        pytest.skip("no usable /dev/kvm")
+    dom = domains.define("a", "kvm", "<cpu mode='host-model'><feature policy='disable' name='arch-capabilities'/></cpu>", start=True)
+    old_live = live_cpu(dom)
+    args = {"mode": "host-model", "features": [], "features_mode": "replace"}
+    changed, failed = run_tasks([cpu_task(dom.name(), **args), cpu_task(dom.name(), restart=True, **args)])
+    assert only(changed)["restart_required"]
+    new_definition = inactive(dom)
+    assert failed["failed"] and "MSR 0x10a" in failed["msg"]
+    assert "started again paused with the CPU it ran with; its definition is unchanged" in failed["msg"]
+    assert inactive(dom) == new_definition and stored_cpu(dom) == {"mode": "host-model", "check": "partial"}
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    assert live_cpu(dom) == old_live

@@ -38,6 +38,11 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     replace_cpu,
     without_cpu,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
+    cpu_map_from_xml,
+    dependencies_from_map,
+    read_cpu_map_files,
+)
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import host_model_cpu, parse_domain_capabilities
 
 FIXTURES = Path(__file__).resolve().parents[3] / "unit" / "fixtures"
@@ -296,6 +301,10 @@ def _host_model(virt_type: str) -> dict:
     return host_model_cpu(entry)
 
 
+# libvirt's CPU map as the expansion fixtures hold it (tests/unit/fixtures/expansion/cpu_map)
+DEPENDENCIES = dependencies_from_map(cpu_map_from_xml(read_cpu_map_files(str(FIXTURES / "expansion" / "cpu_map"))))
+
+
 STARTED = sorted(path.name[:-len(".live.xml")] for path in DEFINE.glob("*.live.xml"))
 
 
@@ -304,7 +313,7 @@ def test_a_guest_started_from_its_definition_needs_no_restart(case):
     virt_type = case.split("-", 1)[0]
     definition = cpu_from_xml((DEFINE / (case + ".inactive.xml")).read_text())
     live = cpu_from_xml((DEFINE / (case + ".live.xml")).read_text())
-    assert live_matches_definition(definition, live, virt_type, VERSION, _host_model(virt_type))
+    assert live_matches_definition(definition, live, virt_type, VERSION, _host_model(virt_type), DEPENDENCIES)
 
 
 @pytest.mark.parametrize("definition_case,live_case", [
@@ -315,9 +324,21 @@ def test_a_guest_started_from_its_definition_needs_no_restart(case):
     ("kvm-hm-noarch-topology", "kvm-hm-noarch"),       # topology changed
     ("qemu-hm-noarch-disable-has", "qemu-hm-noarch"),  # a feature newly disabled
     ("qemu-hm", "qemu-c-Westmere"),                    # host-model definition, other model running
+    ("kvm-hm", "kvm-hm-noarch"),                       # a disabled feature no longer disabled
+    ("kvm-hm-noarch", "kvm-hm-noarch-disable-has"),    # one more no longer disabled
 ])
 def test_a_guest_running_another_cpu_needs_a_restart(definition_case, live_case):
     virt_type = definition_case.split("-", 1)[0]
     definition = cpu_from_xml((DEFINE / (definition_case + ".inactive.xml")).read_text())
     live = cpu_from_xml((DEFINE / (live_case + ".live.xml")).read_text())
-    assert not live_matches_definition(definition, live, virt_type, VERSION, _host_model(virt_type))
+    assert not live_matches_definition(definition, live, virt_type, VERSION, _host_model(virt_type), DEPENDENCIES)
+
+
+def test_devices_moved_by_libvirt_are_no_change_but_a_changed_device_is():
+    inactive = fixture("kvm-passthrough", "inactive")
+    sata = "    <controller type='sata' index='0'>\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x1f' function='0x2'/>\n    </controller>\n"
+    assert sata in inactive
+    moved = inactive.replace(sata, "").replace("  </devices>", sata + "  </devices>")
+    assert moved != inactive and outside_cpu_differences(inactive, moved) == []
+    readdressed = inactive.replace("slot='0x1f' function='0x2'", "slot='0x1e' function='0x2'")
+    assert outside_cpu_differences(inactive, readdressed) != []
