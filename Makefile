@@ -67,7 +67,7 @@ setup: system venv daemons
 sanity: venv
 	bash scripts/sanity.sh
 
-unit: venv
+unit: venv testdata
 	$(PYTEST) tests/unit
 
 integration: venv daemons
