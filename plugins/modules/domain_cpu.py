@@ -39,6 +39,8 @@ options:
   name:
     description:
       - The domain, or a list of domains. One task converges them all over one connection.
+      - Every domain is read and validated before the first one is written.
+      - A single string is split at commas, as Ansible does for list options.
       - Mutually exclusive with O(xml).
     type: list
     elements: str
