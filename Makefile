@@ -29,11 +29,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # -rs: every skipped test is listed with its reason at the end.
 PYTEST := $(PY) -m pytest -rs
 
-.PHONY: help link venv system daemons setup sanity unit integration accuracy fleet testdata demo test clean distclean
+.PHONY: help link venv system daemons setup sanity unit integration accuracy fleet testdata demo test clean distclean molecule lint
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
-	@echo '  targets: venv system daemons setup sanity unit integration accuracy fleet testdata demo test clean'
+	@echo '  targets: venv system daemons setup sanity unit integration accuracy fleet molecule lint testdata demo test clean'
 
 # --- set-up ------------------------------------------------------------------------------
 
@@ -83,6 +83,15 @@ accuracy: venv daemons testdata
 fleet: venv daemons
 	molecule test -s fleet
 
+# Every molecule scenario under extensions/molecule (the roles against the real libvirtd: default,
+# lifecycle, fleet), each with its idempotence step and a cleanup that removes its guests.
+molecule: venv daemons
+	molecule test --all
+
+# ansible-lint, production profile (.ansible-lint), on the roles, playbooks and molecule scenarios.
+lint: venv
+	ansible-lint roles playbooks extensions
+
 testdata: system
 	bash scripts/fetch-testdata.sh
 
@@ -96,7 +105,8 @@ test: setup
 	$(MAKE) --no-print-directory unit
 	$(MAKE) --no-print-directory integration
 	$(MAKE) --no-print-directory accuracy
-	$(MAKE) --no-print-directory fleet
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory molecule
 
 # --- cleaning ----------------------------------------------------------------------------
 
