@@ -63,7 +63,7 @@ def main() -> int:
     facts = real_facts()
     cases = [(vt, cpu) for vt in ("kvm", "qemu") for _label, cpu in matrix(vt)]
     for label, cold in (("warm", False), ("cold", True)):
-        times = [one_round(facts, cases, cold) for _ in range(args.repeat)]
+        times = [one_round(facts, cases, cold) for _round in range(args.repeat)]
         print("%s: %.3f ms per prediction (median of %d rounds over %d CPUs; best %.3f ms)"
               % (label, statistics.median(times) * 1000, args.repeat, len(cases), min(times) * 1000))
     return 0
