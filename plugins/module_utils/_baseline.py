@@ -806,7 +806,7 @@ def libvirt_cpu_xml(item: Any, virt_type: Optional[str], what: str) -> str:
                              % (what, root.tag))
         return item.decode("utf-8") if isinstance(item, bytes) else item
     if isinstance(item, Mapping) and _is_facts(item):
-        entry = select_entry(item, virt_type, what)
+        entry = select_entry(item, virt_type, what, strict=False)
         text = host_model_as_custom_xml(entry)
         if text is None:
             raise FleetError("%s: virt type %s has no host-model CPU to stand for the host; pass a CPU instead"

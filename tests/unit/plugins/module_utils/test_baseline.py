@@ -483,6 +483,9 @@ def test_compatibility_reports_a_missing_baseline(facts):
 def test_libvirt_cpu_xml(facts):
     text = libvirt_cpu_xml(facts, "qemu", "cpus[0]")
     assert cpu_from_xml(text)["model"]["name"] == "EPYC"
+    # An entry is taken as it is; the virt type picks the entry of whole facts only.
+    assert libvirt_cpu_xml(facts["virt_types"]["qemu"], "kvm", "cpus[1]") == text
+    assert cpu_from_xml(libvirt_cpu_xml(facts, "kvm", "cpus[2]"))["model"]["name"] == "kvm64"
     assert parse_xml(text, "x").get("mode") == "custom"
     assert libvirt_cpu_xml("<cpu><model>EPYC</model></cpu>", None, "x") == "<cpu><model>EPYC</model></cpu>"
     assert cpu_from_xml(libvirt_cpu_xml({"model": {"name": "486"}}, None, "x")) == {"model": {"name": "486"}}
