@@ -28,10 +28,12 @@ src/cpu/cpu_x86.c):
    the start when ``check='full'``; then ``check`` becomes full.
 
 Everything QEMU-specific comes from data the ``cpu_facts`` probe measured on the host (see
-``expansion_data_from_libvirt``): QEMU's expansion of every model under the accelerator, what the
-accelerator can give, which features hang on which, and which MSR writes fail. The static part is
-libvirt's CPU map. Both are stored compactly: feature sets are hex bit masks over the CPU map's
-feature list.
+``expansion_data_from_libvirt``): QEMU's definition of every model under the accelerator, what the
+accelerator can give (including the features 'max' never auto-enables), the features QEMU does not
+know, and which MSR writes KVM refuses. The static parts are libvirt's CPU map (models, feature
+order, MSR bits) and QEMU's feature dependencies (DEPENDENCY_GROUPS / DEPENDENCY_PAIRS, expressed
+in CPU map terms; the probe's measurements are checked against them in the unit tests). Everything
+is stored compactly: feature sets are hex bit masks over the CPU map's feature list.
 """
 
 from __future__ import annotations
@@ -508,7 +510,6 @@ def expansion_data_from_parts(cpu_map: Mapping[str, Any], virt_type: str, host_m
     """The ``expansion`` data from its parts: *cpu_map* (``cpu_map_from_xml``), the migratable host-model
     CPU (``{model, vendor, features: [[name, policy]]}``), the full host CPU (``{vendor, features, listed}``,
     hex masks) and the QEMU part (``_qemu_for_facts``; ``{}`` when QEMU was not asked)."""
-    index = {name: position for position, name in enumerate(cpu_map["features"])}
     qemu_part = {"models": {}, "supported": "0", "migratable": "0", "unknown": [],
                  "dependencies": dependencies_from_map(cpu_map), "msr_failures": []}
     qemu_part.update(qemu)
@@ -534,7 +535,8 @@ def expansion_data_from_xml(cpu_map_files: Mapping[str, Union[str, bytes]], capa
 
     *qemu* is what ``probe_qemu`` read through QMP (libvirt feature names): ``models`` (model ->
     features QEMU enables for it), ``max`` / ``max_migratable`` (what the accelerator can give),
-    ``known`` and ``msr_failures``.
+    ``non_migratable`` (what QEMU does not migrate: left out of host-model guests), ``known`` and
+    ``msr_failures``.
     """
     cpu_map = cpu_map_from_xml(cpu_map_files)
     index = {name: position for position, name in enumerate(cpu_map["features"])}
@@ -545,7 +547,7 @@ def expansion_data_from_xml(cpu_map_files: Mapping[str, Union[str, bytes]], capa
     migratable_host_model = None
     host = None
     if host_model is not None:
-        non_migratable = set(qemu["max"]) - set(qemu["max_migratable"])
+        non_migratable = set(qemu["non_migratable"])
         migratable_host_model = {"model": host_model["model"], "vendor": host_model["vendor"],
                                  "features": [f for f in host_model["features"] if f[0] not in non_migratable]}
         host = _full_host(virt_type, host_model, caps_root, cpu_map, index, accelerated=virt_type != "qemu")
@@ -732,6 +734,8 @@ def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
     quiet.update({QEMU_FEATURE_NAMES.get(name, name): value for name, value in (max_overrides or {}).items()})
     max_all = _expansion(domain, "max", dict(quiet, migratable=False))
     supported = _enabled(max_all, known)
+    max_migratable = _enabled(_expansion(domain, "max", dict(quiet, migratable=True)), known)
+    non_migratable = sorted(set(supported) - set(max_migratable))
     supported = sorted(set(supported) | {name for name in NO_AUTOENABLE if name in known and name not in set(unavailable)})
     parents = [name for name in dependency_parents() if name in known]
     parents_on = {QEMU_FEATURE_NAMES.get(name, name): True for name in parents}
@@ -745,7 +749,8 @@ def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
     result: Dict[str, Any] = {
         "known": known,
         "max": supported,
-        "max_migratable": _enabled(_expansion(domain, "max", dict(quiet, migratable=True)), known),
+        "max_migratable": max_migratable,
+        "non_migratable": non_migratable,
         "models": models,
         "measured_dependencies": {},
     }
