@@ -74,7 +74,7 @@ def check(hosts: list, cpu: dict) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--kinds", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
@@ -84,7 +84,7 @@ def main() -> int:
         hosts = fleet(args.hosts, kinds, args.seed)
         colds, warms = [], []
         cpu = None
-        for _ in range(args.repeat):
+        for _round in range(args.repeat):
             seconds, cpu = timed(hosts, cold=True)
             colds.append(seconds)
             seconds, _cpu = timed(hosts, cold=False)

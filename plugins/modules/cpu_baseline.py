@@ -20,7 +20,7 @@ description:
     stand for that host's host-model CPU (what the host gives a host-model guest).
   - Only reads from libvirt.
 author:
-  - hostcpu.libvirt contributors
+  - hostcpu.libvirt maintainers (@hostcpu)
 extends_documentation_fragment:
   - hostcpu.libvirt.connection
 options:
@@ -67,8 +67,10 @@ notes:
   - At least one of O(cpus) and O(compare) must be given.
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
 seealso:
   - plugin: hostcpu.libvirt.fleet_baseline

@@ -12,21 +12,18 @@ where it can run. The screenshot is kept as tests/output/fleet-report.png for a 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import pytest
 from lxml import html as lxml_html
 
 from conftest import ansible_env, libvirt
 
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._baseline import cpu_verdict, select_entry
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_from_xml, cpus_equal, ordered
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
-from typing import Any, Dict, FrozenSet, List
+from typing import Any, Dict, List
 
 import pytest
 from lxml import etree
