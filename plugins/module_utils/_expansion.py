@@ -1185,11 +1185,15 @@ def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
     """The features QEMU enables and the ones it reports unavailable, for the -cpu libvirt builds."""
     plus = cpu.with_policy(ctx, *ENABLING)
     minus = cpu.with_policy(ctx, *DISABLING)
-    unknown = plus & ctx.unknown
+    unknown = [name for name, policy in cpu.features.items() if policy in ENABLING and ctx.map.bit(name) & ctx.unknown]
     if unknown:
-        names = ctx.map.names_of(unknown)
-        raise GuestWouldNotStart("QEMU does not know the CPU feature%s %s" % ("s" if len(names) > 1 else "", ", ".join(names)),
-                                 missing_features=names, hint="remove %s from the CPU" % ", ".join(names))
+        cpu_type = "%s-%s-cpu" % ({"host-passthrough": "host", "maximum": "max"}.get(cpu.mode, cpu.model), ctx.arch)
+        raise GuestWouldNotStart("internal error: qemu unexpectedly closed the monitor: qemu-system-%s: can't apply global "
+                                 "%s.%s=on: Property '%s.%s' not found"
+                                 % (ctx.arch, cpu_type, QEMU_FEATURE_NAMES.get(unknown[0], unknown[0]), cpu_type,
+                                    QEMU_FEATURE_NAMES.get(unknown[0], unknown[0])),
+                                 missing_features=unknown,
+                                 hint="QEMU does not know %s: remove %s from the CPU" % (", ".join(unknown), "it" if len(unknown) == 1 else "them"))
     requested = (_qemu_base(ctx, cpu) | plus) & ~minus
     cleared_by_user = 0
     for parent, children in ctx.dependencies:

@@ -26,7 +26,9 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import 
 PREFIX = "hostcpu-acc-"
 GUEST_LOG_DIR = "/var/log/libvirt/qemu"
 MEMORY_MIB = 32
-QEMU_MSR = re.compile(r"failed to set MSR 0x[0-9a-f]+ to 0x[0-9a-f]+")
+# libvirt's report of QEMU dying: "internal error: qemu unexpectedly closed the monitor" or "process
+# exited while connecting to monitor" (a race), timestamps, QEMU's warnings, then its first other message.
+QEMU_MESSAGE = re.compile(r"qemu-system-[^:\s]+: (?!warning: )(.*?)(?= \S*\d\dT\d\d:\S* qemu-system-| qemu-system-|$)")
 COMPARED_KEYS = ("mode", "match", "check", "migratable", "model", "vendor", "topology", "cache", "maxphysaddr")
 
 
@@ -164,8 +166,8 @@ def compare_refusal(predicted: Outcome, actual: Outcome) -> List[str]:
                 % (actual.kind, actual.error, predicted.kind, predicted.error)]
     if actual.kind == "define-error":
         return []
-    msr = QEMU_MSR.search(actual.error or "")
-    expected = msr.group(0) if msr else actual.error
+    qemu = QEMU_MESSAGE.search(actual.error or "")
+    expected = qemu.group(1) if qemu else actual.error
     if expected not in (predicted.error or ""):
         return ["both refused, for another reason: libvirt '%s', predicted '%s'" % (actual.error, predicted.error)]
     return []

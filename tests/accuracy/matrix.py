@@ -6,8 +6,9 @@ match minimum and strict, several custom models, and definitions libvirt refuses
 
 Feature choices on the test machine (nested KVM on AMD EPYC, libvirt 9.0, QEMU 7.2):
 clwb (every virt type gives it), pcid (the host CPU has it, neither KVM here nor TCG gives it),
-avx512-fp16 (nobody has it), sse4.2 (inside the models), invtsc (non-migratable), and the
-dependants rdctl-no (MSR 0x10a, on arch-capabilities) and npt (on svm).
+avx512-fp16 (nobody has it), sse4.2 (inside the models), invtsc (non-migratable), the
+dependants rdctl-no (MSR 0x10a, on arch-capabilities) and npt (on svm), cvt16 (in libvirt's CPU
+map, unknown to QEMU 7.2), ht and topoext (never enabled by 'max' on its own).
 """
 
 from __future__ import annotations
@@ -130,6 +131,11 @@ def custom_cases(virt_type: str) -> List[Case]:
         ("c-qemu64-disable-svm-pni", {"model": {"name": "qemu64"}, "features": [_f("svm", "disable"), _f("pni", "disable")]}),
         ("c-qemu64-topology", {"check": "none", "model": {"name": "qemu64"}, "topology": dict(TOPOLOGY)}),
         ("c-qemu64-vendor-id", {"check": "none", "model": {"name": "qemu64", "vendor_id": "HostCPUTest1"}}),
+        ("c-qemu64-require-not-in-qemu", {"check": "none", "model": {"name": "qemu64"}, "features": [_f("cvt16")]}),
+        ("c-qemu64-disable-not-in-qemu", {"check": "none", "model": {"name": "qemu64"}, "features": [_f("cvt16", "disable")]}),
+        ("c-qemu64-no-autoenable", {"check": "none", "model": {"name": "qemu64"}, "features": [_f("ht"), _f("topoext")]}),
+        ("max-no-autoenable", {"mode": "maximum", "check": "full", "features": [_f("ht"), _f("topoext")]
+                               + ([NOARCH] if virt_type == "kvm" else [])}),
         ("c-kvm64-require-invtsc", {"check": "none", "model": {"name": "kvm64"}, "features": [_f("invtsc")]}),
         ("c-kvm64-forbid-has", {"model": {"name": "kvm64"}, "features": [_f("clwb", "forbid")]}),
         ("c-486-pcid", {"check": "none", "model": {"name": "486"}, "features": [_f("pcid")]}),

@@ -55,7 +55,8 @@ REFUSED_BY_DESIGN = {"kvm-hm-noarch-match-minimum": "match applies to mode custo
                      "qemu-hp-noarch-model": "a model name ('EPYC') is only meaningful with mode custom",
                      "kvm-hm-noarch-model-name": "a model name ('EPYC') is only meaningful with mode custom",
                      "qemu-hm-noarch-model-name": "a model name ('EPYC') is only meaningful with mode custom"}
-QEMU_MSR = re.compile(r"failed to set MSR 0x[0-9a-f]+ to 0x[0-9a-f]+")
+# QEMU's own first message inside libvirt's "qemu unexpectedly closed the monitor: <time> ..." error
+QEMU_MESSAGE = re.compile(r"qemu-system-[^:\s]+: (?!warning: )(.*?)(?= \S*\d\dT\d\d:\S* qemu-system-| qemu-system-|$)")
 
 
 def _text(path: Path) -> str:
@@ -102,8 +103,8 @@ def _cases():
 
 def _libvirt_reason(case: str) -> str:
     text = " ".join(_text(DEFINE / (case + ".error.txt")).split())
-    found = QEMU_MSR.search(text)
-    return found.group(0) if found else text
+    found = QEMU_MESSAGE.search(text)
+    return found.group(1) if found else text
 
 
 def test_the_real_cases_are_there():
