@@ -140,6 +140,13 @@ def test_qemu_gets_the_cpu_option_libvirt_built(entries, case):
     assert qemu_cpu_option(guest) == _text(DEFINE / (case + ".qemu-cpu.txt")).strip()
 
 
+@pytest.mark.parametrize("case", [c for c in _cases() if (DEFINE / (c + ".live.xml")).exists()])
+def test_a_live_cpu_starts_as_itself(entries, case):
+    """Migration, save/restore and a copy of the live XML start the expanded CPU again: nothing moves."""
+    live = cpu_from_xml(_text(DEFINE / (case + ".live.xml")))
+    assert predict_live_cpu(live, entries[case.split("-")[0]]) == live
+
+
 # ---------------------------------------------------------------------------------------------
 # the rules, one by one
 
