@@ -560,8 +560,13 @@ def _missing_reasons(hosts: Sequence[DistinctHost], common: FrozenSet[str]) -> D
     offered: Set[str] = set()
     for host in hosts:
         offered |= host.view.features
-    return {name: "not on %s" % _names(host for host in hosts if name not in host.view.features)
-            for name in offered - common}
+    reasons = {name: "not on %s" % _names(host for host in hosts if name not in host.view.features)
+               for name in offered - common}
+    for host in hosts:
+        for name in host.view.fix:
+            reasons.setdefault(name, "%s does not start a host-model guest with it (the prediction's fix is to disable it)"
+                               % _names([host]))
+    return reasons
 
 
 def _validated_check(check: str) -> str:

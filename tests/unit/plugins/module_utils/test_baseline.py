@@ -167,6 +167,7 @@ def test_single_virt_type_baselines_leave_out_what_nested_kvm_refuses(facts, cpu
     ours = enabled_features(kvm.cpu, cpu_map)
     assert ours < libvirts
     assert libvirts - ours == {"arch-capabilities", "rdctl-no", "skip-l1dfl-vmentry", "mds-no", "pschange-mc-no", "invtsc"}
+    assert "does not start a host-model guest with it" in kvm.dropped["arch-capabilities"]
     assert runs_on(kvm.cpu, facts["virt_types"]["kvm"])
     assert not runs_on(cpu_from_xml(read(REAL / "baseline-kvm.xml")), facts["virt_types"]["kvm"])
 
