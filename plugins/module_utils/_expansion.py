@@ -506,16 +506,19 @@ def _qemu_for_facts(qemu: Mapping[str, Any], index: Mapping[str, int], cpu_map: 
 
 
 def expansion_data_from_parts(cpu_map: Mapping[str, Any], virt_type: str, host_model: Optional[Mapping[str, Any]],
-                              host: Optional[Mapping[str, Any]], qemu: Mapping[str, Any]) -> Dict[str, Any]:
+                              host: Optional[Mapping[str, Any]], qemu: Mapping[str, Any],
+                              machine: Optional[str] = None) -> Dict[str, Any]:
     """The ``expansion`` data from its parts: *cpu_map* (``cpu_map_from_xml``), the migratable host-model
     CPU (``{model, vendor, features: [[name, policy]]}``), the full host CPU (``{vendor, features, listed}``,
-    hex masks) and the QEMU part (``_qemu_for_facts``; ``{}`` when QEMU was not asked)."""
+    hex masks), the QEMU part (``_qemu_for_facts``; ``{}`` when QEMU was not asked) and the machine
+    type QEMU was asked with (its model versions are the ones predicted)."""
     qemu_part = {"models": {}, "supported": "0", "migratable": "0", "unknown": [],
                  "dependencies": dependencies_from_map(cpu_map), "msr_failures": []}
     qemu_part.update(qemu)
     data: Dict[str, Any] = {
         "format": DATA_FORMAT,
         "virt_type": virt_type,
+        "machine": machine,
         "features": list(cpu_map["features"]),
         "msr": _bits_for_facts(cpu_map),
         "models": _models_for_facts(cpu_map),
@@ -551,7 +554,8 @@ def expansion_data_from_xml(cpu_map_files: Mapping[str, Union[str, bytes]], capa
         migratable_host_model = {"model": host_model["model"], "vendor": host_model["vendor"],
                                  "features": [f for f in host_model["features"] if f[0] not in non_migratable]}
         host = _full_host(virt_type, host_model, caps_root, cpu_map, index, accelerated=virt_type != "qemu")
-    return expansion_data_from_parts(cpu_map, virt_type, migratable_host_model, host, _qemu_for_facts(qemu, index, cpu_map))
+    return expansion_data_from_parts(cpu_map, virt_type, migratable_host_model, host, _qemu_for_facts(qemu, index, cpu_map),
+                                     (domcaps_root.findtext("machine") or "").strip() or None)
 
 
 def _data_fingerprint(data: Mapping[str, Any]) -> str:

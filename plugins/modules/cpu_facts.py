@@ -242,7 +242,8 @@ ansible_facts:
                   (the reason is a warning).
                 - The data P(hostcpu.libvirt.live_cpu#filter) computes with, compact (feature sets are hex bit masks over
                   C(features)), about 15 kB per virt type; treat it as opaque.
-                - C(features) (libvirt's CPU map feature names in map order), C(models) (libvirt's definition of every model),
+                - C(features) (libvirt's CPU map feature names in map order), C(machine) (the machine type QEMU was asked with),
+                  C(models) (libvirt's definition of every model),
                   C(msr) (MSR features, index and bit), C(host) (libvirt's full host CPU that C(check=partial) compares with),
                   C(host_model) (the migratable host-model CPU libvirt copies into host-model guests), C(qemu) (QEMU's
                   definition of every model for this accelerator, what the accelerator can give, features QEMU does not know,

@@ -44,6 +44,7 @@ def host_model_cases(virt_type: str) -> List[Case]:
         ("hm-fix-check-none", _host_model(fix, check="none")),
         ("hm-fix-check-full", _host_model(fix, check="full")),
         ("hm-fix-topology", _host_model(fix, topology=dict(TOPOLOGY))),
+        ("hm-fix-topology-threads", _host_model(fix, topology={"sockets": 1, "dies": 1, "cores": 1, "threads": 2})),
         ("hm-fix-vendor-id", _host_model(fix, model={"vendor_id": "HostCPUTest1"})),
         ("hm-fix-fallback-allow", _host_model(fix, model={"fallback": "allow"})),
         ("hm-fix-maxphysaddr", _host_model(fix, maxphysaddr={"mode": "emulate", "bits": 42})),
