@@ -301,6 +301,7 @@ DOMAIN_TEMPLATE = """<domain type='{vt}'>
 </domain>
 """
 
+
 def cpu_element(domain_xml):
     """The <cpu> child of <domain> in a domain XML, verbatim, dedented by 2 spaces, or None."""
     lines = domain_xml.split('\n')
@@ -666,7 +667,7 @@ def _fdiff(old, new):
     dold, dnew = dict(old), dict(new)
     changed = ['%s %s>%s' % (n, dold[n], p) for n, p in new if n in dold and dold[n] != p]
     appended = ['%s:%s' % (n, p) for n, p in new if n not in dold]
-    dropped = [n for n, _ in old if n not in dnew]
+    dropped = [n for n, dummy in old if n not in dnew]
     parts = []
     if changed:
         parts.append('changed ' + ', '.join(changed))
@@ -674,13 +675,13 @@ def _fdiff(old, new):
         parts.append('appended ' + ', '.join(appended))
     if dropped:
         parts.append('dropped ' + ', '.join(dropped))
-    common_old = [n for n, _ in old if n in dnew]
-    common_new = [n for n, _ in new if n in dold]
+    common_old = [n for n, dummy in old if n in dnew]
+    common_new = [n for n, dummy in new if n in dold]
     if common_old != common_new:
         moved = [n for n in common_new
                  if [m for m in common_old if m != n] == [m for m in common_new if m != n]]
         parts.append('moved %s' % ', '.join(
-            '%s to position %d' % (n, [m for m, _ in new].index(n) + 1) for n in moved)
+            '%s to position %d' % (n, [m for m, dummy in new].index(n) + 1) for n in moved)
             if moved else 'ORDER CHANGED')
     return '; '.join(parts) or 'none'
 
@@ -700,7 +701,7 @@ def outcome_table(out):
     hostmodel = {vt: _feats(r.find("./cpu/mode[@name='host-model']")) for vt, r in roots.items()}
     order = []
     for vt, root in roots.items():
-        order += [c for c, _ in build_cases(root) if c not in order and c in outcomes[vt]]
+        order += [c for c, dummy in build_cases(root) if c not in order and c in outcomes[vt]]
 
     def load(path):
         return ET.parse(path).getroot() if os.path.exists(path) else None
@@ -730,8 +731,8 @@ def outcome_table(out):
         if not res.get('started'):
             return '**start fails** · %s · `%s`' % (text, _clean_error(res['error']))
         text = '**starts** · %s → `%s`' % (text, _head(live))
-        text += ' · QEMU: %s' % _fdiff(_feats(update if update is not None else inactive),
-                                        _feats(live))
+        before = _feats(update if update is not None else inactive)
+        text += ' · QEMU: %s' % _fdiff(before, _feats(live))
         return text
 
     rows = ['| case | given `<cpu>` | kvm | qemu (TCG) |', '|---|---|---|---|']
@@ -749,7 +750,7 @@ def outcome_table(out):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     ap.add_argument('--uri', default='qemu:///system')
     ap.add_argument('--out', default=os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
