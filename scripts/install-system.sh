@@ -2,7 +2,8 @@
 # Install the system packages hostcpu.libvirt needs to build, test and demo: libvirt's daemon and
 # QEMU driver, QEMU for x86, libvirt's client tools and headers (libvirt-python builds against
 # them), a C compiler, virt-install, dpkg-dev (for `apt-get source` in `make testdata`), the
-# ShellCheck linter (ansible-test skips its shellcheck sanity test without it) and Chromium (the
+# ShellCheck linter (ansible-test skips its shellcheck sanity test without it), xmllint (libvirt's
+# virt-xml-validate runs it: tests/reliability validate cpu_xml output with it) and Chromium (the
 # fleet report's HTML is rendered headless in tests/integration/test_fleet_report.py).
 #
 # A fast no-op when everything is present: it asks the package database (dpkg -s / rpm -q), and
@@ -44,6 +45,7 @@ install_apt() {
         qemu-utils
         ovmf
         libvirt-clients
+        libxml2-utils
         libvirt-dev
         pkg-config
         gcc
@@ -100,6 +102,7 @@ install_dnf() {
         qemu-img
         edk2-ovmf
         libvirt-client
+        libxml2
         libvirt-devel
         pkgconf-pkg-config
         gcc

@@ -15,8 +15,9 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     ordered,
     validate_cpu,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError, brief
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import predict_live_cpu
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import check_entry
 
 VIRT_TYPES = ("kvm", "qemu")
 DEFAULT_VIRT_TYPE = "kvm"
@@ -55,8 +56,8 @@ def _virt_type_entry(host_facts: Any, virt_type: Optional[str]) -> Mapping:
     The entry is used as it is (only read, never copied: the prediction caches what it needs by the
     fingerprint of its expansion data)."""
     if virt_type is not None and virt_type not in VIRT_TYPES:
-        raise AnsibleFilterError("live_cpu: unknown virt type '%s'; valid virt types are: %s"
-                                 % (virt_type, ", ".join(VIRT_TYPES)))
+        raise AnsibleFilterError(brief("live_cpu: unknown virt type '%s'; valid virt types are: %s"
+                                       % (virt_type, ", ".join(VIRT_TYPES))))
     if not isinstance(host_facts, Mapping):
         raise AnsibleFilterError("live_cpu: host_facts must be ansible_facts.hostcpu from hostcpu.libvirt.cpu_facts "
                                  "(or one of its virt_types entries), got %s" % type(host_facts).__name__)
@@ -66,7 +67,7 @@ def _virt_type_entry(host_facts: Any, virt_type: Optional[str]) -> Mapping:
         if virt_type is not None and host_facts.get("domain_type") != virt_type:
             raise AnsibleFilterError("live_cpu: the host facts given are those of virt type '%s', not '%s'; pass the "
                                      "whole hostcpu facts or drop virt_type" % (host_facts.get("domain_type"), virt_type))
-        return host_facts
+        return _checked(host_facts)
     virt_types = host_facts.get("virt_types")
     if not isinstance(virt_types, Mapping):
         raise AnsibleFilterError("live_cpu: host_facts has neither 'virt_types' nor 'modes': pass ansible_facts.hostcpu "
@@ -81,7 +82,14 @@ def _virt_type_entry(host_facts: Any, virt_type: Optional[str]) -> Mapping:
     if not isinstance(entry, Mapping) or not _looks_like_entry(entry):
         raise AnsibleFilterError("live_cpu: host_facts.virt_types.%s is not a virt type entry of hostcpu.libvirt.cpu_facts"
                                  % wanted)
-    return entry
+    return _checked(entry, wanted)
+
+
+def _checked(entry: Mapping, virt_type: Optional[str] = None) -> Mapping:
+    try:
+        return check_entry(entry, "the host facts", virt_type)
+    except CPUError as exc:
+        raise AnsibleFilterError("live_cpu: %s" % exc) from None
 
 
 def live_cpu(cpu: Any, host_facts: Any, virt_type: Optional[str] = None) -> Dict[str, Any]:
@@ -102,7 +110,7 @@ def cpu_xml(cpu: Any, indent: int = 2) -> str:
     if not isinstance(cpu, Mapping):
         raise AnsibleFilterError("cpu_xml: the CPU must be a CPU dict like {mode: host-model}, got %s" % type(cpu).__name__)
     if isinstance(indent, bool) or not isinstance(indent, int) or indent < 0:
-        raise AnsibleFilterError("cpu_xml: indent must be a whole number >= 0, got %r" % (indent,))
+        raise AnsibleFilterError(brief("cpu_xml: indent must be a whole number >= 0, got %r" % (indent,)))
     try:
         return cpu_to_xml(validate_cpu(_plain(cpu)), indent=indent)
     except CPUError as exc:

@@ -73,6 +73,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     fingerprint,
     host_model_as_custom_xml,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import check_entry
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
 DEFAULT_VIRT_TYPE = "kvm"
@@ -123,7 +124,7 @@ def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host 
         if strict and virt_type is not None and facts.get("domain_type") != virt_type:
             raise FleetError("%s are those of virt type '%s', not '%s': pass the whole hostcpu facts or drop virt_type"
                              % (what, facts.get("domain_type"), virt_type))
-        return facts
+        return check_entry(facts, what)
     virt_types = facts.get("virt_types")
     if not isinstance(virt_types, Mapping):
         raise FleetError("%s have neither 'virt_types' nor 'modes': pass ansible_facts.hostcpu as set by "
@@ -134,7 +135,7 @@ def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host 
         offered = ", ".join(sorted(virt_types)) or "none"
         raise FleetError("%s have no virt type '%s' (they have: %s); pass virt_type or probe that virt type with "
                          "hostcpu.libvirt.cpu_facts" % (what, wanted, offered))
-    return entry
+    return check_entry(entry, what, wanted)
 
 
 def _record(item: Any, position: int, virt_type: Optional[str]) -> HostRecord:
@@ -589,7 +590,7 @@ def fleet_baseline(records: Sequence[HostRecord], check: str = "full", model: Op
     cpu_map = cpu_map or cpu_map_for(records)
     common = frozenset.intersection(*(host.view.features for host in hosts))
     if model is not None:
-        if model not in cpu_map.models:
+        if not isinstance(model, str) or model not in cpu_map.models:
             raise FleetError("model '%s' is not in libvirt's CPU map; use one of: %s"
                              % (model, ", ".join(cpu_map.model_order)))
         candidates = [model]

@@ -830,7 +830,7 @@ class CPUMap:
             model = _mapping(model, "models.%s" % name)
             decode_flags = model.get("decode") or [True, True]
             models[name] = ModelInfo(model.get("vendor"), from_hex(model.get("features"), "models.%s.features" % name),
-                                     tuple(model.get("removed") or ()),
+                                     _names(model.get("removed"), "models.%s.removed" % name),
                                      tuple(_signature_tuple(sig) for sig in model.get("signatures") or ()),
                                      bool(decode_flags[0]), bool(decode_flags[1]))
         names = data.get("features")
@@ -847,6 +847,12 @@ class CPUMap:
 
     def names_of(self, mask: Mask) -> List[str]:
         return names_of(mask, self.names)
+
+
+def _names(value: Any, what: str) -> Tuple[str, ...]:
+    if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value)):
+        raise ExpansionDataError("expansion data: '%s' must be a list of feature names" % what)
+    return tuple(value or ())
 
 
 def _signature_tuple(sig: Sequence[Any]) -> Tuple[int, int, Optional[Tuple[int, ...]]]:
@@ -922,16 +928,25 @@ def _context_key(entry: Mapping[str, Any]) -> Tuple[Any, ...]:
     return (fingerprint, entry.get("domain_type"), entry.get("arch"), entry.get("libvirt_version"), supported, models)
 
 
+def _decoded_context(entry: Mapping[str, Any]) -> Context:
+    """Context(entry); expansion data damaged in a way the decoders do not name fails with one message."""
+    try:
+        return Context(entry)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise ExpansionDataError("the expansion data of virt type %s is damaged (%s: %s); gather the facts again with "
+                                 "hostcpu.libvirt.cpu_facts" % (entry.get("domain_type"), type(exc).__name__, exc)) from None
+
+
 def context_for(entry: Mapping[str, Any]) -> Context:
     """The Context of *entry*, cached by the fingerprints of its expansion data and domcapabilities."""
     if not isinstance(entry, Mapping):
         raise ExpansionDataError("host facts must be a mapping (ansible_facts.hostcpu or one of its virt_types)")
     key = _context_key(entry)
     if key[0] is None:
-        return Context(entry)
+        return _decoded_context(entry)
     context = _CONTEXTS.get(key)
     if context is None:
-        context = Context(entry)
+        context = _decoded_context(entry)
         _CONTEXTS[key] = context
         while len(_CONTEXTS) > CONTEXT_CACHE_SIZE:
             _CONTEXTS.popitem(last=False)

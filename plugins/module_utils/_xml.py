@@ -41,7 +41,10 @@ def parse_xml(text: Union[str, bytes], what: str = "XML") -> "etree._Element":
         raise CPUError("the Python library lxml is required to read %s; install python3-lxml or 'pip install lxml'" % what)
     if not isinstance(text, (str, bytes)):
         raise XMLInputError("%s must be XML text, got %s" % (what, type(text).__name__))
-    data = text.encode("utf-8") if isinstance(text, str) else text
+    try:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+    except UnicodeEncodeError as exc:
+        raise XMLInputError("%s is not valid text: %s" % (what, exc.reason)) from None
     if len(data) > MAX_XML_BYTES:
         raise XMLInputError("%s is %d bytes, more than the %d bytes accepted" % (what, len(data), MAX_XML_BYTES))
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
@@ -54,6 +57,9 @@ def parse_xml(text: Union[str, bytes], what: str = "XML") -> "etree._Element":
         raise XMLInputError("%s is not well-formed XML: %s" % (what, exc)) from None
     if root is None:
         raise XMLInputError("%s is empty" % what)
+    if root.getroottree().docinfo.doctype:
+        # an encoding other than UTF-8 hides the declaration from the byte check above
+        raise XMLInputError("%s contains a DOCTYPE or ENTITY declaration; libvirt never prints one, remove it" % what)
     return root
 
 

@@ -1,0 +1,147 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The shape of host facts as hostcpu.libvirt.cpu_facts sets them, checked before they are used.
+
+Facts travel through fact caches, JSON files and hand-written variables. A damaged ``virt_types``
+entry (a key missing or of the wrong type) fails here with one message naming the key, instead of
+a Python error deep inside the live-CPU prediction or the fleet baseline. Only the parts those
+read are checked; the expansion data's own encoding is checked where it is decoded.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, List, Optional, Tuple
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+
+FIX = "gather them again with hostcpu.libvirt.cpu_facts"
+
+
+class FactsShapeError(CPUError):
+    """Host facts that do not have the shape cpu_facts gives them."""
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _optional(value: Any, kinds: Tuple[type, ...]) -> bool:
+    return value is None or isinstance(value, kinds)
+
+
+def _cpu_problems(cpu: Any, where: str) -> List[str]:
+    """What is wrong with a CPU dict of the facts (host-model CPU, expansions)."""
+    if cpu is None:
+        return []
+    if not isinstance(cpu, Mapping):
+        return ["%s must be a CPU mapping, got %s" % (where, _type_name(cpu))]
+    problems = []
+    model = cpu.get("model")
+    if not _optional(model, (Mapping,)) or (isinstance(model, Mapping) and not _optional(model.get("name"), (str,))):
+        problems.append("%s.model must be a mapping with a name" % where)
+    if not _optional(cpu.get("vendor"), (str,)):
+        problems.append("%s.vendor must be a string, got %s" % (where, _type_name(cpu.get("vendor"))))
+    features = cpu.get("features")
+    if features is not None and (not _is_list(features) or not all(
+            isinstance(f, Mapping) and isinstance(f.get("name"), str) and _optional(f.get("policy"), (str,)) for f in features)):
+        problems.append("%s.features must be a list of {name, policy}" % where)
+    return problems
+
+
+def _models_problems(models: Any, where: str) -> List[str]:
+    if models is None:
+        return []
+    if not _is_list(models):
+        return ["%s must be a list, got %s" % (where, _type_name(models))]
+    for index, model in enumerate(models):
+        if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
+            return ["%s[%d] must be a mapping with a name" % (where, index)]
+        if not _optional(model.get("usable"), (bool,)) or not _optional(model.get("vendor"), (str,)):
+            return ["%s[%d] (%s) must have usable true/false/null and a vendor string" % (where, index, model["name"])]
+    return []
+
+
+def _modes_problems(modes: Any) -> List[str]:
+    if not isinstance(modes, Mapping):
+        return ["modes must be a mapping of CPU modes, got %s" % _type_name(modes)]
+    problems = []
+    for name, mode in modes.items():
+        if not isinstance(name, str) or not isinstance(mode, Mapping):
+            problems.append("modes.%s must be a mapping, got %s" % (name, _type_name(mode)))
+            continue
+        if not _optional(mode.get("supported"), (bool,)):
+            problems.append("modes.%s.supported must be true or false" % name)
+    if problems:
+        return problems
+    problems += _models_problems((modes.get("custom") or {}).get("models"), "modes.custom.models")
+    problems += _cpu_problems((modes.get("host-model") or {}).get("cpu"), "modes.host-model.cpu")
+    return problems
+
+
+def _host_model_data_problems(value: Any) -> List[str]:
+    """expansion.host_model: {model: name, vendor, features: [[name, policy], ...]}."""
+    if value is None:
+        return []
+    where = "expansion.host_model"
+    if not isinstance(value, Mapping) or not isinstance(value.get("model"), str) or not _optional(value.get("vendor"), (str,)):
+        return ["%s must be a mapping with a model name and a vendor" % where]
+    features = value.get("features")
+    if not _is_list(features) or not all(_is_list(f) and len(f) == 2 and all(isinstance(part, str) for part in f)
+                                         for f in features):
+        return ["%s.features must be a list of [name, policy] pairs" % where]
+    return []
+
+
+def _expansion_problems(data: Any) -> List[str]:
+    if data is None:
+        return []
+    if not isinstance(data, Mapping):
+        return ["expansion must be a mapping, got %s" % _type_name(data)]
+    problems = _host_model_data_problems(data.get("host_model"))
+    if not _optional(data.get("host"), (Mapping,)):
+        problems.append("expansion.host must be a mapping, got %s" % _type_name(data.get("host")))
+    if not _optional(data.get("fingerprint"), (str,)):
+        problems.append("expansion.fingerprint must be a string")
+    return problems
+
+
+def entry_problems(entry: Mapping) -> List[str]:
+    """Everything wrong with the shape of one ``virt_types`` entry ([] when it is fine)."""
+    problems = []
+    if not isinstance(entry.get("domain_type"), str):
+        problems.append("domain_type must be kvm or qemu, got %s" % _type_name(entry.get("domain_type")))
+    for key, kinds in (("arch", (str,)), ("fingerprint", (str,)), ("libvirt_version", (str, int))):
+        if not _optional(entry.get(key), kinds) or isinstance(entry.get(key), bool):
+            problems.append("%s must be a string, got %s" % (key, _type_name(entry.get(key))))
+    problems += _modes_problems(entry.get("modes"))
+    for key in ("host_model_expanded", "host_model_migratable"):
+        problems += _cpu_problems(entry.get(key), key)
+    problems += _expansion_problems(entry.get("expansion"))
+    return problems
+
+
+# Entries found fine, by identity: facts are read in place (not copied) for every prediction, so
+# a playbook predicting many CPUs on one host's facts checks them once. The entry itself is kept
+# in the cache, so its id cannot be reused by another object while it is there.
+_CHECKED: "OrderedDict[int, Mapping]" = OrderedDict()
+CHECKED_CACHE_SIZE = 4096
+
+
+def check_entry(entry: Mapping, what: str = "the host facts", virt_type: Optional[str] = None) -> Mapping:
+    """*entry* unchanged, or FactsShapeError naming the damaged keys."""
+    if _CHECKED.get(id(entry)) is entry:
+        return entry
+    problems = entry_problems(entry)
+    if problems:
+        label = "%s (virt type %s)" % (what, virt_type) if virt_type else what
+        raise FactsShapeError("%s are damaged: %s; %s" % (label, "; ".join(problems[:3]), FIX))
+    _CHECKED[id(entry)] = entry
+    while len(_CHECKED) > CHECKED_CACHE_SIZE:
+        _CHECKED.popitem(last=False)
+    return entry
