@@ -4,6 +4,7 @@
 #   make setup        system packages + .venv + libvirtd/virtlogd running, /dev/kvm usable
 #   make test         setup, then sanity, unit and integration (any failure fails)
 #   make demo         setup, then playbooks/demo.yml against this machine
+#   make bench        setup, then the benchmarks (bench/run.py, ~10 min; not part of make test)
 # See DEVELOPERS.md.
 
 SHELL       := /bin/bash
@@ -29,11 +30,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # -rs: every skipped test is listed with its reason at the end.
 PYTEST := $(PY) -m pytest -rs
 
-.PHONY: help link venv system daemons setup sanity unit integration accuracy fleet testdata demo test clean distclean molecule lint
+.PHONY: help link venv system daemons setup sanity unit integration accuracy fleet testdata demo test clean distclean molecule lint bench
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
-	@echo '  targets: venv system daemons setup sanity unit integration accuracy fleet molecule lint testdata demo test clean'
+	@echo '  targets: venv system daemons setup sanity unit integration accuracy fleet molecule lint testdata demo bench test clean'
 
 # --- set-up ------------------------------------------------------------------------------
 
@@ -97,6 +98,13 @@ testdata: system
 
 demo: setup
 	ansible-playbook -i inventory/localhost.ini -e ansible_python_interpreter=$(PY) playbooks/demo.yml
+
+# Benchmarks on the real libvirtd (bench/README.md): domain_cpu against virt-xml and community.libvirt,
+# cpu_facts against its raw libvirt calls, live_cpu and fleet_baseline. Prints medians, ratios and the
+# targets; writes bench/results/latest.{md,json}. Timing never goes into make test.
+# BENCH_ARGS=--quick: a one-minute check that it runs; --update-readme: README's Performance section too.
+bench: setup
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 # setup first, then every suite; make stops at the first failing one. pytest finding no test
 # (exit 5) or no directory (exit 4) fails too: no suite is skipped silently.

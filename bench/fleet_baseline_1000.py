@@ -73,28 +73,45 @@ def check(hosts: list, cpu: dict) -> int:
     return len(_baseline.distinct_hosts(_baseline.host_records(hosts)))
 
 
+def measure(hosts_count: int, kinds: int, repeat: int, seed: int = 1) -> dict:
+    """Cold and warm seconds (medians of *repeat*) for a fleet of *kinds* kinds and one of all-distinct hosts."""
+    result = {"hosts": hosts_count, "rounds": repeat}
+    for label, kind_count in (("kinds", kinds), ("distinct", hosts_count)):
+        hosts = fleet(hosts_count, kind_count, seed)
+        colds, warms = [], []
+        cpu = None
+        for _ in range(repeat):
+            seconds, cpu = timed(hosts, cold=True)
+            colds.append(seconds)
+            seconds, _cpu = timed(hosts, cold=False)
+            warms.append(seconds)
+        features = cpu.get("features") or []
+        result[label] = {
+            "distinct": check(hosts, cpu),
+            "cold": statistics.median(colds),
+            "warm": statistics.median(warms),
+            "cold_samples": colds,
+            "warm_samples": warms,
+            "model": cpu["model"]["name"],
+            "required": sum(f["policy"] == "require" for f in features),
+            "disabled": sum(f["policy"] == "disable" for f in features),
+        }
+    return result
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--kinds", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    for label, kinds in (("kinds", args.kinds), ("distinct", args.hosts)):
-        hosts = fleet(args.hosts, kinds, args.seed)
-        colds, warms = [], []
-        cpu = None
-        for _round in range(args.repeat):
-            seconds, cpu = timed(hosts, cold=True)
-            colds.append(seconds)
-            seconds, _cpu = timed(hosts, cold=False)
-            warms.append(seconds)
-        distinct = check(hosts, cpu)
-        features = cpu.get("features") or []
+    result = measure(args.hosts, args.kinds, args.repeat, args.seed)
+    for label in ("kinds", "distinct"):
+        entry = result[label]
         print("%-8s %5d hosts, %4d distinct: cold %.3f s (median of %d), warm %.3f s; model %s, %d required, %d disabled"
-              % (label, args.hosts, distinct, statistics.median(colds), args.repeat, statistics.median(warms),
-                 cpu["model"]["name"], sum(f["policy"] == "require" for f in features),
-                 sum(f["policy"] == "disable" for f in features)))
+              % (label, args.hosts, entry["distinct"], entry["cold"], args.repeat, entry["warm"],
+                 entry["model"], entry["required"], entry["disabled"]))
     return 0
 
 

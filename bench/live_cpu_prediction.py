@@ -56,16 +56,26 @@ def one_round(facts: dict, cases: list, cold: bool) -> float:
     return (time.perf_counter() - start) / len(cases)
 
 
+def measure(repeat: int) -> dict:
+    """Milliseconds per prediction, warm and cold (median of *repeat* rounds over every CPU of the matrix)."""
+    facts = real_facts()
+    cases = [(vt, cpu) for vt in ("kvm", "qemu") for _label, cpu in matrix(vt)]
+    result = {"cpus": len(cases), "rounds": repeat}
+    for label, cold in (("warm", False), ("cold", True)):
+        times = [one_round(facts, cases, cold) for _ in range(repeat)]
+        result[label] = {"median_ms": statistics.median(times) * 1000, "best_ms": min(times) * 1000,
+                         "per_second": 1 / statistics.median(times)}
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
-    facts = real_facts()
-    cases = [(vt, cpu) for vt in ("kvm", "qemu") for _label, cpu in matrix(vt)]
-    for label, cold in (("warm", False), ("cold", True)):
-        times = [one_round(facts, cases, cold) for _round in range(args.repeat)]
+    result = measure(args.repeat)
+    for label in ("warm", "cold"):
         print("%s: %.3f ms per prediction (median of %d rounds over %d CPUs; best %.3f ms)"
-              % (label, statistics.median(times) * 1000, args.repeat, len(cases), min(times) * 1000))
+              % (label, result[label]["median_ms"], args.repeat, result["cpus"], result[label]["best_ms"]))
     return 0
 
 

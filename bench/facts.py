@@ -1,0 +1,271 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""cpu_facts against the raw libvirt calls it makes.
+
+The floor is found, not guessed: cpu_facts' probe (``_probe.probe``, what the module runs) is run
+once in this process on a recording proxy of the connection (and of ``libvirt_qemu``'s QMP call),
+which notes every libvirt call, its arguments, its outcome and the thread it ran in. The floor is
+then those same calls replayed directly on libvirt-python in one process, nothing else in
+between, with the same concurrency (each worker thread of the probe replays its own calls in a
+thread of its own, the main thread's calls run in order between them).
+
+The module itself is timed as an Ansible task (its duration minus the bare task's), in a fresh
+playbook with the bare task, for three configurations: reads only (``expansion: false``), the
+default (``expansion: true``: one probe guest per virt type measures QEMU), and
+``verify_modes: true`` (plus a transient paused guest per CPU mode).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from common import GUEST_LOG_DIR, LoadSampler, floor_task, median, ratio, run_playbook
+
+CONFIGS = {
+    "reads": {"expansion": False},
+    "default": {},
+    "verify_modes": {"verify_modes": True},
+}
+CONFIG_TEXT = {
+    "reads": "reads only (expansion: false)",
+    "default": "default (expansion: true)",
+    "verify_modes": "verify_modes: true",
+}
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# recording
+
+
+class Call:
+    """One libvirt call: on the connection (target None) or on the domain made by call *target*."""
+
+    __slots__ = ("number", "thread", "target", "method", "args", "made", "failed")
+
+    def __init__(self, number: int, thread: str, target: Optional[int], method: str, args: Tuple[Any, ...]) -> None:
+        self.number = number
+        self.thread = thread
+        self.target = target
+        self.method = method
+        self.args = args
+        self.made: Optional[int] = None  # this call returned a domain, known by this number
+        self.failed = False
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: List[Call] = []
+        self.lock = threading.Lock()
+
+    def add(self, target: Optional[int], method: str, args: Tuple[Any, ...]) -> Call:
+        with self.lock:
+            call = Call(len(self.calls), threading.current_thread().name, target, method, args)
+            self.calls.append(call)
+        return call
+
+    def wrap(self, call: Call, result: Any) -> Any:
+        """A domain a call returned is recorded too, known by the number of that call."""
+        import libvirt  # pylint: disable=import-outside-toplevel
+        if isinstance(result, libvirt.virDomain):
+            call.made = call.number
+            return RecordedDomain(result, self, call.number)
+        return result
+
+
+class _Recorded:
+    _target: Optional[int] = None
+
+    def __init__(self, real: Any, recorder: Recorder) -> None:
+        self._real = real
+        self._recorder = recorder
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._real, name)
+        if not callable(attr):
+            return attr
+
+        def recorded(*args: Any) -> Any:
+            call = self._recorder.add(self._target, name, args)
+            try:
+                result = attr(*args)
+            except Exception:
+                call.failed = True
+                raise
+            return self._recorder.wrap(call, result)
+        return recorded
+
+
+class RecordedConnection(_Recorded):
+    pass
+
+
+class RecordedDomain(_Recorded):
+    def __init__(self, real: Any, recorder: Recorder, target: int) -> None:
+        super().__init__(real, recorder)
+        self._target = target
+
+
+def record_probe(conn, options: Dict[str, Any]) -> Tuple[List[Call], float]:
+    """Run cpu_facts' probe with *options* on a recording connection: its calls and its wall time."""
+    import libvirt_qemu  # pylint: disable=import-outside-toplevel
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe import probe  # pylint: disable=import-outside-toplevel
+
+    recorder = Recorder()
+    original = libvirt_qemu.qemuMonitorCommand
+
+    def qmp(domain: Any, command: str, flags: int) -> Any:
+        call = recorder.add(domain._target, "qmp", (command, flags))  # pylint: disable=protected-access
+        try:
+            return original(domain._real, command, flags)  # pylint: disable=protected-access
+        except Exception:
+            call.failed = True
+            raise
+
+    libvirt_qemu.qemuMonitorCommand = qmp
+    try:
+        start = time.perf_counter()
+        probe(RecordedConnection(conn, recorder), None, options.get("verify_modes", False), options.get("expansion", True))
+        seconds = time.perf_counter() - start
+    finally:
+        libvirt_qemu.qemuMonitorCommand = original
+    return recorder.calls, seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# replaying
+
+
+def phases(calls: List[Call]) -> List[Tuple[str, Dict[str, List[int]]]]:
+    """The calls as phases in order: ("main", {thread: [call numbers]}) or ("pool", {worker thread: [...]})."""
+    result: List[Tuple[str, Dict[str, List[int]]]] = []
+    current = None
+    for number, call in enumerate(calls):
+        pool = re.match(r"(ThreadPoolExecutor-\d+)_\d+$", call.thread)
+        key = pool.group(1) if pool else "main"
+        if current != key:
+            result.append(("pool" if pool else "main", {}))
+            current = key
+        result[-1][1].setdefault(call.thread, []).append(number)
+    return result
+
+
+class Replay:
+    """The recorded calls made again on the real connection; domains it made are destroyed at the end."""
+
+    def __init__(self, conn, calls: List[Call]) -> None:
+        self.conn = conn
+        self.calls = calls
+        self.domains: Dict[int, Any] = {}
+        self.lock = threading.Lock()
+
+    def one(self, number: int) -> None:
+        import libvirt  # pylint: disable=import-outside-toplevel
+        import libvirt_qemu  # pylint: disable=import-outside-toplevel
+        call = self.calls[number]
+        try:
+            if call.method == "qmp":
+                libvirt_qemu.qemuMonitorCommand(self.domains[call.target], *call.args)
+                return
+            target = self.conn if call.target is None else self.domains[call.target]
+            result = getattr(target, call.method)(*call.args)
+        except (libvirt.libvirtError, KeyError):
+            return
+        if call.made is not None:
+            with self.lock:
+                self.domains[call.made] = result
+
+    def sequence(self, numbers: List[int]) -> None:
+        for number in numbers:
+            self.one(number)
+
+    def run(self) -> float:
+        start = time.perf_counter()
+        try:
+            for kind, threads in phases(self.calls):
+                if kind == "main":
+                    for numbers in threads.values():
+                        self.sequence(numbers)
+                    continue
+                workers = [threading.Thread(target=self.sequence, args=(numbers,)) for numbers in threads.values()]
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join()
+            return time.perf_counter() - start
+        finally:
+            self.clean_up()
+
+    def clean_up(self) -> None:
+        """Destroy what a replay left running (it should not) and remove the QEMU logs of its guests."""
+        import libvirt  # pylint: disable=import-outside-toplevel
+        for domain in self.domains.values():
+            try:
+                name = domain.name()
+                if domain.isActive():
+                    domain.destroy()
+            except libvirt.libvirtError:
+                continue
+            try:
+                (GUEST_LOG_DIR / (name + ".log")).unlink()
+            except OSError:
+                pass
+
+
+def call_summary(calls: List[Call]) -> Dict[str, int]:
+    counted: Dict[str, int] = {}
+    for call in calls:
+        counted[call.method] = counted.get(call.method, 0) + 1
+    return dict(sorted(counted.items(), key=lambda item: -item[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the measurement
+
+
+def facts_tasks(config: str) -> List[Dict[str, Any]]:
+    """A fresh playbook per configuration: cpu_facts pays its payload build (first use) every time, as the bare task does."""
+    return [{"name": "warm-up", "ansible.builtin.debug": {"msg": "warm-up"}}, floor_task("floor"),
+            {"name": config, "hostcpu.libvirt.cpu_facts": CONFIGS[config]}]
+
+
+def measure(conn, repeat: int, log: Log, load: LoadSampler) -> Dict[str, Any]:
+    """*repeat* rounds of, per configuration: a playbook with the bare task and cpu_facts, then its raw calls."""
+    recorded = {}
+    for config, options in CONFIGS.items():
+        calls, _seconds = record_probe(conn, options)
+        recorded[config] = calls
+        log("  cpu_facts %s: %d libvirt calls recorded (%s)" % (CONFIG_TEXT[config], len(calls),
+                                                               ", ".join("%s %d" % item for item in call_summary(calls).items())))
+    floors: List[float] = []
+    tasks: Dict[str, List[float]] = {config: [] for config in CONFIGS}
+    raws: Dict[str, List[float]] = {config: [] for config in CONFIGS}
+    for index in range(repeat):
+        load.mark()
+        for config in CONFIGS:
+            run = run_playbook(facts_tasks(config))
+            floors.append(run.seconds("floor"))
+            tasks[config].append(run.seconds(config))
+            raws[config].append(Replay(conn, recorded[config]).run())
+        load.mark()
+        log("  cpu_facts round %d/%d: %s" % (index + 1, repeat, ", ".join("%s task %.2f s, raw %.2f s" % (config, tasks[config][-1], raws[config][-1])
+                                                                         for config in CONFIGS)))
+    results: Dict[str, Any] = {"floor_task": median(floors), "floor_task_samples": floors, "runs": repeat, "configs": {}}
+    for config in CONFIGS:
+        own = median(tasks[config]) - results["floor_task"]
+        raw = median(raws[config])
+        results["configs"][config] = {
+            "options": CONFIGS[config],
+            "task": median(tasks[config]),
+            "task_samples": tasks[config],
+            "module_own": own,
+            "raw_calls": raw,
+            "raw_samples": raws[config],
+            "own_vs_raw": ratio(own, raw),
+            "calls": call_summary(recorded[config]),
+            "call_count": len(recorded[config]),
+        }
+    return results
