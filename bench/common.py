@@ -11,6 +11,7 @@ that methods measured in one playbook are compared under the same load. Bench do
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -54,7 +55,7 @@ def ratio(value: float, reference: float) -> float:
 
 def seconds_text(value: float) -> str:
     """0.0123 -> '12.3 ms', 1.5 -> '1.50 s'."""
-    if value != value:  # NaN
+    if math.isnan(value):
         return "n/a"
     if value < 1:
         return "%.1f ms" % (value * 1000)

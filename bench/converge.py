@@ -190,7 +190,7 @@ def import_times(stderr: str) -> Dict[str, float]:
 def module_process(payloads: Dict[str, Path], reset: Callable[[], None], repeat: int) -> Dict[str, Any]:
     """The payloads run directly: bare ping, domain_cpu's first run after a reset, then its no-op."""
     times: Dict[str, List[float]] = {"ping": [], "first": [], "rerun": []}
-    for _ in range(repeat):
+    for _round in range(repeat):
         reset()
         times["ping"].append(payload_seconds(payloads["ping"])[0])
         times["first"].append(payload_seconds(payloads["domain_cpu"])[0])
@@ -325,9 +325,8 @@ def measure_size(conn, count: int, repeat: int, slow_repeat: int, log: Log, load
             load.mark()
             check_reports(first, rerun, methods, count)
             runs.append((first, rerun))
-            log("  N=%d repetition %d/%d: %.1f s (%s)" % (count, index + 1, max(repeat, slow_repeat), time.perf_counter() - started,
-                                                        ", ".join("%s %.2f" % item for item in tasks_seconds(first) + tasks_seconds(rerun)
-                                                                  if item[0] != "warm-up")))
+            timings = ", ".join("%s %.2f" % item for item in tasks_seconds(first) + tasks_seconds(rerun) if item[0] != "warm-up")
+            log("  N=%d repetition %d/%d: %.1f s (%s)" % (count, index + 1, max(repeat, slow_repeat), time.perf_counter() - started, timings))
         with tempfile.TemporaryDirectory(prefix="hostcpu-bench-") as keep:
             payloads = ansiballz_payloads(sets["a"], Path(keep))
             process = module_process(payloads, lambda: reset(("a",)), repeat)

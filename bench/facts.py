@@ -238,8 +238,8 @@ def measure(conn, repeat: int, log: Log, load: LoadSampler) -> Dict[str, Any]:
     for config, options in CONFIGS.items():
         calls, _seconds = record_probe(conn, options)
         recorded[config] = calls
-        log("  cpu_facts %s: %d libvirt calls recorded (%s)" % (CONFIG_TEXT[config], len(calls),
-                                                               ", ".join("%s %d" % item for item in call_summary(calls).items())))
+        counted = ", ".join("%s %d" % item for item in call_summary(calls).items())
+        log("  cpu_facts %s: %d libvirt calls recorded (%s)" % (CONFIG_TEXT[config], len(calls), counted))
     floors: List[float] = []
     tasks: Dict[str, List[float]] = {config: [] for config in CONFIGS}
     raws: Dict[str, List[float]] = {config: [] for config in CONFIGS}
@@ -251,8 +251,8 @@ def measure(conn, repeat: int, log: Log, load: LoadSampler) -> Dict[str, Any]:
             tasks[config].append(run.seconds(config))
             raws[config].append(Replay(conn, recorded[config]).run())
         load.mark()
-        log("  cpu_facts round %d/%d: %s" % (index + 1, repeat, ", ".join("%s task %.2f s, raw %.2f s" % (config, tasks[config][-1], raws[config][-1])
-                                                                         for config in CONFIGS)))
+        timings = ", ".join("%s task %.2f s, raw %.2f s" % (config, tasks[config][-1], raws[config][-1]) for config in CONFIGS)
+        log("  cpu_facts round %d/%d: %s" % (index + 1, repeat, timings))
     results: Dict[str, Any] = {"floor_task": median(floors), "floor_task_samples": floors, "runs": repeat, "configs": {}}
     for config in CONFIGS:
         own = median(tasks[config]) - results["floor_task"]

@@ -80,7 +80,7 @@ def measure(hosts_count: int, kinds: int, repeat: int, seed: int = 1) -> dict:
         hosts = fleet(hosts_count, kind_count, seed)
         colds, warms = [], []
         cpu = None
-        for _ in range(repeat):
+        for _round in range(repeat):
             seconds, cpu = timed(hosts, cold=True)
             colds.append(seconds)
             seconds, _cpu = timed(hosts, cold=False)
@@ -100,7 +100,7 @@ def measure(hosts_count: int, kinds: int, repeat: int, seed: int = 1) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--kinds", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)

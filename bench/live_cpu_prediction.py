@@ -62,7 +62,7 @@ def measure(repeat: int) -> dict:
     cases = [(vt, cpu) for vt in ("kvm", "qemu") for _label, cpu in matrix(vt)]
     result = {"cpus": len(cases), "rounds": repeat}
     for label, cold in (("warm", False), ("cold", True)):
-        times = [one_round(facts, cases, cold) for _ in range(repeat)]
+        times = [one_round(facts, cases, cold) for _round in range(repeat)]
         result[label] = {"median_ms": statistics.median(times) * 1000, "best_ms": min(times) * 1000,
                          "per_second": 1 / statistics.median(times)}
     return result

@@ -43,7 +43,7 @@ SECTIONS = ("converge", "facts", "live", "fleet")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated, of %s" % ", ".join(SECTIONS))
     parser.add_argument("--sizes", default="10,50,200", help="domain counts N (default 10,50,200)")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of (a) and the bare task per N (default 5)")
@@ -195,18 +195,18 @@ def converge_lines(converge: Dict[str, Any]) -> List[str]:
     for entry in converge["sizes"]:
         lines += ["**N = %d** (%s guests)" % (entry["domains"], entry["virt_type"]), "",
                   "| method | runs | first run | x (a) | no-op rerun | x (a) |", "|---|---:|---:|---:|---:|---:|",
-                  "| %s | %d | %s | | %s | |" % (METHOD_TEXT["floor"], len(entry["floor_samples"]), seconds_text(entry["floor"]),
-                                               seconds_text(entry["floor"]))]
+                  "| %s | %d | %s | | %s | |" % (
+                      METHOD_TEXT["floor"], len(entry["floor_samples"]), seconds_text(entry["floor"]), seconds_text(entry["floor"]))]
         for method, row in entry["methods"].items():
-            lines.append("| %s | %d | %s | %.1fx | %s | %.1fx |" % (METHOD_TEXT[method], row["runs"], seconds_text(row["first"]),
-                                                                  row["first_vs_a"], seconds_text(row["rerun"]), row["rerun_vs_a"]))
+            lines.append("| %s | %d | %s | %.1fx | %s | %.1fx |" % (
+                METHOD_TEXT[method], row["runs"], seconds_text(row["first"]), row["first_vs_a"], seconds_text(row["rerun"]), row["rerun_vs_a"]))
         process = entry["module_process"]
         built = entry["built"]
         lines += ["", "(a) against the bare task: first run %.1fx, no-op rerun %.1fx (both in a fresh ansible-playbook, where each "
                   "module's payload is built on its first use). Once the payloads are built, as for each further host of a fleet in "
-                  "the same run: (a) no-op %s, bare task %s, %.1fx." % (entry["a_first_vs_floor"], entry["a_rerun_vs_floor"],
-                                                                       seconds_text(built["a_rerun"]), seconds_text(built["floor"]),
-                                                                       built["a_rerun_vs_floor"]),
+                  "the same run: (a) no-op %s, bare task %s, %.1fx." % (
+                      entry["a_first_vs_floor"], entry["a_rerun_vs_floor"], seconds_text(built["a_rerun"]), seconds_text(built["floor"]),
+                      built["a_rerun_vs_floor"]),
                   "Inside Ansible, (a) costs %.2f ms per domain on "
                   "the first run and %.2f ms on the no-op rerun above the bare task. The module process alone (its AnsiballZ payload "
                   "run directly, median of %d): first run %s, no-op %s, bare ping module %s."
@@ -259,8 +259,9 @@ def facts_lines(facts: Dict[str, Any]) -> List[str]:
              % (seconds_text(facts["floor_task"]), facts["runs"]), "",
              "| cpu_facts | libvirt calls | task | module's own | raw calls | x raw |", "|---|---:|---:|---:|---:|---:|"]
     for config, row in facts["configs"].items():
-        lines.append("| %s | %d | %s | %s | %s | %.2fx |" % (CONFIG_TEXT[config], row["call_count"], seconds_text(row["task"]),
-                                                            seconds_text(row["module_own"]), seconds_text(row["raw_calls"]), row["own_vs_raw"]))
+        lines.append("| %s | %d | %s | %s | %s | %.2fx |" % (
+            CONFIG_TEXT[config], row["call_count"], seconds_text(row["task"]), seconds_text(row["module_own"]),
+            seconds_text(row["raw_calls"]), row["own_vs_raw"]))
     return lines + [""]
 
 
