@@ -112,9 +112,16 @@ def cpu_xml(cpu: Any, indent: int = 2) -> str:
     if isinstance(indent, bool) or not isinstance(indent, int) or indent < 0:
         raise AnsibleFilterError(brief("cpu_xml: indent must be a whole number >= 0, got %r" % (indent,)))
     try:
-        return cpu_to_xml(validate_cpu(_plain(cpu)), indent=indent)
+        return cpu_to_xml(_with_policies(validate_cpu(_plain(cpu))), indent=indent)
     except CPUError as exc:
         raise AnsibleFilterError("cpu_xml: %s" % exc) from None
+
+
+def _with_policies(cpu: Dict[str, Any]) -> Dict[str, Any]:
+    """Features without a policy get libvirt's default, require: libvirt prints it, and its schema needs it."""
+    if not cpu.get("features"):
+        return cpu
+    return dict(cpu, features=[dict(feature, policy=feature.get("policy") or "require") for feature in cpu["features"]])
 
 
 def cpu_from_xml(text: Any) -> Dict[str, Any]:

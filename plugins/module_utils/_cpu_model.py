@@ -11,6 +11,7 @@ exactly when libvirt would store the same definition.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
@@ -36,6 +37,13 @@ KEY_ORDER = ("mode", "match", "check", "migratable", "model", "vendor", "topolog
 DEFAULT_X86_MODEL = "qemu64"
 # clusters='N' exists from libvirt 10.1.0; older versions ignore the attribute.
 CLUSTERS_SINCE = (10, 1, 0)
+# libvirt's schema (cputypes.rng featureName) for feature names; CPU model and vendor names follow it too.
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9\-_.]+")
+# cpu_conf.c: vendor_id is 12 bytes, no ',' (it goes on QEMU's command line).
+VENDOR_ID_PATTERN = re.compile(r"[ -+\--~]{12}")
+# libvirt reads topology counts and cache levels as unsigned int, maxphysaddr bits as int.
+UINT_MAX = 4294967295
+INT_MAX = 2147483647
 
 
 class CPUDefinitionError(CPUError):
@@ -246,13 +254,16 @@ def _check_mapping(cpu: CPUDict, key: str, allowed: Tuple[str, ...]) -> None:
         raise CPUDefinitionError("'%s' has unknown keys %s; allowed: %s" % (key, ", ".join(unknown), ", ".join(allowed)))
 
 
-def _check_positive_ints(mapping: Dict[str, Any], keys: Iterable[str], where: str, minimum: int = 1) -> None:
+def _check_positive_ints(mapping: Dict[str, Any], keys: Iterable[str], where: str, minimum: int = 1,
+                         maximum: int = UINT_MAX) -> None:
     for key in keys:
         value = mapping.get(key)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise CPUDefinitionError("%s.%s must be a whole number >= %d, got %r" % (where, key, minimum, value))
+        if value > maximum:
+            raise CPUDefinitionError("%s.%s must be at most %d (libvirt reads it as a C integer), got %d" % (where, key, maximum, value))
 
 
 def _validate_model(cpu: CPUDict, mode: str) -> None:
@@ -260,6 +271,9 @@ def _validate_model(cpu: CPUDict, mode: str) -> None:
     _check_choice(model.get("fallback"), FALLBACKS, "model fallback")
     if model.get("name") is not None and (not isinstance(model["name"], str) or not model["name"].strip()):
         raise CPUDefinitionError("model name must be a non-empty string, got %r" % model["name"])
+    if model.get("name") is not None and not NAME_PATTERN.fullmatch(model["name"]):
+        raise CPUDefinitionError("model name %r is not a CPU model name: use letters, digits, '-', '_' and '.' "
+                                 "(as 'virsh domcapabilities' lists them)" % model["name"])
     if model.get("name") and mode not in MODEL_NAME_MODES:
         effect = ("keeps it and checks the host against that model at start, which can refuse the start"
                   if mode == "host-model" else "drops it")
@@ -268,6 +282,8 @@ def _validate_model(cpu: CPUDict, mode: str) -> None:
     vendor_id = model.get("vendor_id")
     if vendor_id is not None and (not isinstance(vendor_id, str) or len(vendor_id) != 12):
         raise CPUDefinitionError("vendor_id must be exactly 12 characters (e.g. 'AuthenticAMD'), got %r" % vendor_id)
+    if vendor_id is not None and not VENDOR_ID_PATTERN.fullmatch(vendor_id):
+        raise CPUDefinitionError("vendor_id %r is not valid: libvirt takes 12 printable ASCII characters without ','" % vendor_id)
     if (model.get("fallback") or vendor_id) and mode not in FALLBACK_MODES:
         raise CPUDefinitionError("model fallback and vendor_id apply to custom and host-model only, not %s" % mode)
     if cpu.get("vendor") is not None:
@@ -285,6 +301,9 @@ def _validate_features(cpu: CPUDict, mode: str) -> None:
     for feature in features:
         if not isinstance(feature, dict) or not isinstance(feature.get("name"), str) or not feature["name"]:
             raise CPUDefinitionError("each feature needs a name, got %r" % (feature,))
+        if not NAME_PATTERN.fullmatch(feature["name"]):
+            raise CPUDefinitionError("feature name %r is not valid: libvirt's feature names are letters, digits, '-', '_' "
+                                     "and '.' (like 'arch-capabilities')" % feature["name"])
         unknown = sorted(set(feature) - {"name", "policy"})
         if unknown:
             raise CPUDefinitionError("feature '%s' has unknown keys %s; allowed: name, policy" % (feature["name"], ", ".join(unknown)))
@@ -319,7 +338,7 @@ def validate_cpu(cpu: CPUDict) -> CPUDict:
     _check_mapping(cpu, "cache", ("mode", "level"))
     _check_mapping(cpu, "maxphysaddr", ("mode", "bits", "limit"))
     _validate_model(cpu, mode)
-    if cpu.get("vendor") is not None and not isinstance(cpu["vendor"], str):
+    if cpu.get("vendor") is not None and (not isinstance(cpu["vendor"], str) or not NAME_PATTERN.fullmatch(cpu["vendor"])):
         raise CPUDefinitionError("vendor must be a string like 'AMD' or 'Intel', got %r" % (cpu["vendor"],))
     topology = cpu.get("topology")
     if topology is not None:
@@ -332,7 +351,7 @@ def validate_cpu(cpu: CPUDict) -> CPUDict:
         if "mode" not in cache:
             raise CPUDefinitionError("cache needs a mode: one of %s" % ", ".join(CACHE_MODES))
         _check_choice(cache.get("mode"), CACHE_MODES, "cache mode")
-        _check_positive_ints(cache, ("level",), "cache")
+        _check_positive_ints(cache, ("level",), "cache", maximum=3)
         if cache.get("level") is not None and cache["mode"] != "emulate":
             raise CPUDefinitionError("cache level is only supported with cache mode emulate")
         if cache["mode"] == "passthrough" and mode not in MIGRATABLE_MODES:
@@ -342,7 +361,8 @@ def validate_cpu(cpu: CPUDict) -> CPUDict:
         if "mode" not in addr:
             raise CPUDefinitionError("maxphysaddr needs a mode: emulate or passthrough")
         _check_choice(addr.get("mode"), MAXPHYSADDR_MODES, "maxphysaddr mode")
-        _check_positive_ints(addr, ("bits", "limit"), "maxphysaddr")
+        _check_positive_ints(addr, ("bits",), "maxphysaddr", maximum=INT_MAX)
+        _check_positive_ints(addr, ("limit",), "maxphysaddr")
         if addr["mode"] == "passthrough" and addr.get("bits") is not None:
             raise CPUDefinitionError("maxphysaddr bits cannot be used with mode passthrough: drop bits (or use limit) "
                                      "or use mode emulate")
