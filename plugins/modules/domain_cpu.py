@@ -349,14 +349,6 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     replace_cpu,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
-    GuestWouldNotStart,
-    cpu_map_from_xml,
-    dependencies_from_map,
-    expansion_data_from_libvirt,
-    predict_live_cpu,
-    read_cpu_map_files,
-)
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     host_model_as_custom_xml,
     host_model_cpu,
@@ -516,7 +508,8 @@ def read_job(conn, name: str, uri: str, wanted: Dict[str, Any], params: Dict[str
     plan = plan_cpu(read_cpu(text), wanted, params["state"], features_mode, info.virt_type, version)
     active = call("reading the state of '%s'" % name, domain.isActive)
     live = call("reading the live XML of '%s'" % name, domain.XMLDesc, 0) if active else None
-    return CPUJob(name, domain, text, info, plan, state_name(domain), live)
+    # An inactive domain is shut off (libvirt sets SHUTOFF when it stops one): one round trip less per domain.
+    return CPUJob(name, domain, text, info, plan, state_name(domain) if active else "shutoff", live)
 
 
 class HostChecks:
@@ -548,6 +541,9 @@ class HostChecks:
     def dependencies(self) -> Optional[Dict[str, List[str]]]:
         """Which features hang on which (libvirt's CPU map on this host); None when it cannot be read."""
         if self.feature_dependencies is None:
+            # _expansion (the largest module_utils, compiled on every run) only when it is needed (bench/README.md)
+            from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (  # pylint: disable=import-outside-toplevel
+                cpu_map_from_xml, dependencies_from_map, read_cpu_map_files)
             try:
                 self.feature_dependencies = dependencies_from_map(cpu_map_from_xml(read_cpu_map_files()))
             except CPUError:
@@ -558,6 +554,8 @@ class HostChecks:
         """The entry with the expansion data the live-CPU prediction needs (one probe guest per target)."""
         key = self.key(info)
         if key not in self.measured:
+            from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (  # pylint: disable=import-outside-toplevel
+                expansion_data_from_libvirt)
             entry = dict(self.entry(info))
             try:
                 entry["expansion"] = expansion_data_from_libvirt(self.conn, entry)
@@ -798,6 +796,8 @@ class Runner:
 
     def prediction(self, job: CPUJob, cpu_after: Dict[str, Any]) -> Dict[str, Any]:
         """What a start of the new definition will give (or libvirt's refusal), from the host's measured data."""
+        from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (  # pylint: disable=import-outside-toplevel
+            GuestWouldNotStart, predict_live_cpu)
         try:
             return {"predicted_live_cpu": predict_live_cpu(cpu_after, self.checks.measured_entry(job.info))}
         except GuestWouldNotStart as exc:
