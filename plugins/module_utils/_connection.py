@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional
 
@@ -23,6 +24,9 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPU
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import HAS_LXML, LXML_IMPORT_ERROR
 
 DEFAULT_URI = "qemu:///system"
+# How long opening a connection may take; libvirt's own keepalive gives up on a silent peer
+# after about 30 seconds (5 s interval, 5 probes) once a connection is open.
+OPEN_TIMEOUT_SECONDS = 30
 
 
 class LibvirtCallError(CPUError):
@@ -67,13 +71,43 @@ def call(what: str, function: Callable[..., Any], *args: Any) -> Any:
         raise LibvirtCallError("%s failed: %s" % (what, libvirt_message(exc))) from None
 
 
+def _open_within(opener: Callable[[str], Any], target: str, seconds: float) -> Any:
+    """opener(target), or LibvirtCallError when it has not answered after *seconds*.
+
+    libvirt's remote driver waits for the daemon's first answer without a time limit (its
+    keepalive only starts once the connection is open), so a daemon that accepts the connection
+    and never answers (frozen, or not libvirt at all) would hang the task forever. The open runs
+    in a daemon thread; one that never returns is left behind when the module exits.
+    """
+    outcome: Dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["conn"] = opener(target)
+        except libvirt.libvirtError as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="libvirt-open", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise LibvirtCallError(
+            "libvirt at '%s' did not answer within %d seconds: something accepts the connection but does not answer "
+            "like libvirtd (a frozen or overloaded daemon, or another service). Check that libvirtd runs and answers "
+            "('virsh -c %s version') and that the uri is right (option 'uri' or LIBVIRT_DEFAULT_URI)"
+            % (target, seconds, target))
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("conn")
+
+
 def open_connection(uri: Optional[str], readonly: bool = False):
     """Open a connection or raise LibvirtCallError with the uri and the fix."""
     _silence_libvirt_stderr()
     target = resolve_uri(uri)
     opener = libvirt.openReadOnly if readonly else libvirt.open
     try:
-        conn = opener(target)
+        conn = _open_within(opener, target, OPEN_TIMEOUT_SECONDS)
     except libvirt.libvirtError as exc:
         raise LibvirtCallError(
             "cannot connect to libvirt at '%s': %s. Check that libvirtd (or virtqemud) runs on the host "

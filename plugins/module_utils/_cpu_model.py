@@ -501,8 +501,11 @@ def features_from_mapping(features: Union[List[Any], Dict[str, str], None]) -> O
     for feature in features:
         if isinstance(feature, str):
             result.append({"name": feature, "policy": "require"})
-        else:
+        elif isinstance(feature, dict) and isinstance(feature.get("name"), str):
             result.append(feature)
+        else:
+            raise CPUDefinitionError("each feature needs a name: give {name, policy}, a {name: policy} mapping or bare "
+                                     "names, got %r" % (feature,))
     return result
 
 

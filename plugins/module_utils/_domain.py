@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     CPUDict,
+    KEY_ORDER,
     MIGRATABLE_MODES,
     MODE_INDEPENDENT_KEYS,
     cpu_from_element,
@@ -253,6 +254,13 @@ def cpu_from_whole(cpu: Any) -> CPUDict:
     """The ``cpu`` option: a whole CPU dict (features may be a {name: policy} mapping)."""
     if not isinstance(cpu, dict):
         raise DomainXMLError("the option cpu must be a CPU mapping like {mode: host-model}, got %s" % type(cpu).__name__)
+    unknown = sorted(str(key) for key in set(cpu) - set(KEY_ORDER))
+    if unknown:
+        # checked here, not only when the CPU changes: a key that is ignored would pass silently
+        raise DomainXMLError("the option cpu has unknown CPU keys %s; allowed: %s" % (", ".join(unknown), ", ".join(KEY_ORDER)))
+    for key in ("model", "topology", "cache", "maxphysaddr"):
+        if cpu.get(key) is not None and not isinstance(cpu[key], dict):
+            raise DomainXMLError("cpu.%s must be a mapping (like model: {name: EPYC}), got %s" % (key, type(cpu[key]).__name__))
     result = _drop_none(copy.deepcopy(cpu))
     if result.get("features") is not None:
         result["features"] = features_from_mapping(result["features"])

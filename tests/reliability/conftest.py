@@ -59,7 +59,7 @@ if _hypothesis_settings is not None:
     _hypothesis_settings.load_profile("reliability")
 
 
-def test_name(label: str) -> str:
+def domain_name(label: str) -> str:
     """A domain name of this run: hostcpu-test-<run>-rel-<label>."""
     return "%s%s-rel-%s" % (TEST_PREFIX, RUN_TOKEN, label)
 
@@ -143,7 +143,8 @@ class PrivateDaemon:
         entry = pwd.getpwnam(user)
         self.uid, self.gid = entry.pw_uid, entry.pw_gid
         self.groups = sorted({g.gr_gid for g in grp.getgrall() if user in g.gr_mem} | {self.gid})
-        self.base = Path(tempfile.mkdtemp(prefix="hostcpu-reliability-libvirtd-"))
+        # short: QEMU's monitor socket goes below it and UNIX socket paths have at most 107 bytes
+        self.base = Path(tempfile.mkdtemp(prefix="hcr-", dir="/tmp"))
         os.chmod(self.base, 0o755)
         for sub in ("home", "run", "config", "cache"):
             path = self.base / sub
@@ -178,6 +179,7 @@ class PrivateDaemon:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         import libvirt  # pylint: disable=import-outside-toplevel
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         deadline = time.monotonic() + timeout
         while True:
             try:
