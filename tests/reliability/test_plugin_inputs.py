@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
@@ -327,6 +328,52 @@ def test_damaged_facts(plugin, facts):
                 failures.append("%s %s: %s" % (virt_type, label, str(exc)[:200]))
     count("damaged facts", tried)
     assert not failures, "%d of %d damaged entries escaped as Python errors:\n%s" % (len(failures), tried, "\n".join(failures[:40]))
+
+
+# ---------------------------------------------------------------------------------------------
+# a few of them through Ansible's own templating
+
+
+def test_through_ansible_templating(facts, sentinels, tmp_path):
+    """debug tasks template the filters and the test as a playbook does; each fails with its message."""
+    from conftest import assert_no_crash, local_play, run_playbook  # pylint: disable=import-outside-toplevel
+    canary, recorder, watch = sentinels
+    cases = {case.name: case.text for case in hostile_inputs("cpu", canary, recorder.port)}
+    damaged = copy.deepcopy(facts)
+    damaged["virt_types"]["qemu"]["modes"] = "x"
+    variables = {"facts": facts, "damaged": damaged, "xxe": cases["xxe-file"], "laughs": cases["billion-laughs"],
+                 "dtd": cases["external-dtd"], "large": cases["large"], "surrogate_json": '"\\ud800"'}
+    (tmp_path / "vars.json").write_text(json.dumps(variables))
+    checks = [
+        ("cpu_from_xml xxe", "{{ xxe | hostcpu.libvirt.cpu_from_xml }}", "cpu_from_xml: cpu xml contains a doctype"),
+        ("cpu_from_xml billion laughs", "{{ laughs | hostcpu.libvirt.cpu_from_xml }}", "cpu_from_xml: cpu xml contains a doctype"),
+        ("cpu_from_xml 20 MB", "{{ large | hostcpu.libvirt.cpu_from_xml }}", "more than the 8388608 bytes accepted"),
+        ("cpu_from_xml surrogate", "{{ surrogate_json | from_json | hostcpu.libvirt.cpu_from_xml }}", "cpu xml is not valid text"),
+        ("cpu_xml bad mode", "{{ {'mode': 'bogus'} | hostcpu.libvirt.cpu_xml }}", "cpu_xml: mode 'bogus' is not valid"),
+        ("live_cpu damaged facts", "{{ {'mode': 'host-model'} | hostcpu.libvirt.live_cpu(damaged, 'qemu') }}",
+         "live_cpu: the host facts (virt type qemu) are damaged: modes must be a mapping"),
+        ("live_cpu external dtd", "{{ dtd | hostcpu.libvirt.live_cpu(facts, 'qemu') }}", "live_cpu: cpu xml contains a doctype"),
+        ("live_cpu xen", "{{ {'mode': 'host-model'} | hostcpu.libvirt.live_cpu(facts, 'xen') }}", "unknown virt type 'xen'"),
+        ("fleet_baseline empty", "{{ [] | hostcpu.libvirt.fleet_baseline }}", "fleet_baseline: the list of hosts is empty"),
+        ("fleet_compatibility guests", "{{ [facts] | hostcpu.libvirt.fleet_compatibility('web1') }}", "guests must be a list"),
+        ("cpu_blockers number", "{{ 3 | hostcpu.libvirt.cpu_blockers(facts, 'qemu') }}", "must be a cpu dict"),
+        ("runs_on xen", "{{ {'mode': 'host-model'} is hostcpu.libvirt.runs_on(facts, 'xen') }}", "runs_on: host facts: unknown virt type"),
+    ]
+    tasks = [{"name": label, "ansible.builtin.debug": {"msg": template}, "ignore_errors": True} for label, template, _words in checks]
+    tasks.append({"name": "runs_on in when", "ansible.builtin.debug": {"msg": "ran"}, "ignore_errors": True,
+                  "when": "xxe is hostcpu.libvirt.runs_on(facts, 'qemu')"})
+    run = run_playbook([local_play(tasks, vars_files=[str(tmp_path / "vars.json")])], tmp_path)
+    results = run.by_name()
+    for label, _template, words in checks:
+        result = results[label]
+        assert result.get("failed"), (label, result)
+        assert words in result["msg"].lower(), (label, result["msg"][:500])
+        assert len(result["msg"]) < 8200, label
+    when = results["runs_on in when"]
+    assert when.get("failed") and "doctype" in when["msg"].lower(), when
+    count("through Ansible templating", len(checks) + 1)
+    assert_no_crash(run.text)
+    assert watch.poll() == [] and recorder.connections == []
 
 
 def test_zz_counts():
