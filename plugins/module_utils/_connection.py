@@ -33,6 +33,21 @@ class LibvirtCallError(CPUError):
     """A libvirt call failed; the message says which call and libvirt's reason."""
 
 
+class _NoLibvirtError(Exception):
+    """Stands for libvirt.libvirtError where libvirt-python is missing (never raised)."""
+
+
+# For except clauses that must also work without libvirt-python (offline inputs).
+LibvirtError = libvirt.libvirtError if HAS_LIBVIRT else _NoLibvirtError
+
+
+def connection_lost_message(exc: Exception) -> str:
+    """A libvirt call outside call() failed, typically because libvirtd went away during the task."""
+    return ("a libvirt call failed while this task ran (%s); the connection to libvirtd may have been lost (libvirtd "
+            "stopped or restarted). What was done until then is in the result: run the task again once libvirtd answers"
+            % libvirt_message(exc))
+
+
 def connection_argument_spec() -> Dict[str, Any]:
     return {"uri": {"type": "str"}}
 

@@ -154,9 +154,11 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._baseline import libvirt_cpu_xml
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import (
     LibvirtCallError,
+    LibvirtError,
     call,
     connection,
     connection_argument_spec,
+    connection_lost_message,
     libvirt,
     libvirt_message,
     require_libraries,
@@ -252,6 +254,8 @@ def main() -> None:
         result = run(module.params)
     except CPUError as exc:
         module.fail_json(msg=str(exc))
+    except LibvirtError as exc:
+        module.fail_json(msg=connection_lost_message(exc))
     module.exit_json(**result)
 
 

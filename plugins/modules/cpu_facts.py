@@ -254,8 +254,10 @@ ansible_facts:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import (
+    LibvirtError,
     connection,
     connection_argument_spec,
+    connection_lost_message,
     require_libraries,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
@@ -333,6 +335,8 @@ def main() -> None:
         facts = facts_offline(params) if offline else facts_from_libvirt(module)
     except CPUError as exc:
         module.fail_json(msg=str(exc))
+    except LibvirtError as exc:
+        module.fail_json(msg=connection_lost_message(exc))
     module.exit_json(changed=False, ansible_facts={"hostcpu": facts})
 
 

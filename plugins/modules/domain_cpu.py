@@ -25,6 +25,10 @@ description:
     C(<cpu>) replaced, then defined again). Right before each write the definition is read again;
     a domain changed meanwhile by someone else is not overwritten. After the write, the module
     checks that nothing outside C(<cpu>) changed and warns when libvirt changed something else.
+  - libvirt cannot make a definition conditional, so a change another client makes in the few
+    milliseconds between that last read and the new definition taking effect is replaced by it. The
+    module watches libvirt's domain events while it writes and fails naming such a change (a domain
+    removed in that window is removed again), so that it can be redone.
   - A running (or paused) domain keeps running with its old CPU until it is restarted; the result
     says so (RV(domains[].restart_required)) and shows the CPU it runs with now. With O(restart=true)
     the module restarts it; when it does not start with the new CPU, the previous definition is
@@ -321,9 +325,11 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import (
     LibvirtCallError,
+    LibvirtError,
     call,
     connection,
     connection_argument_spec,
+    connection_lost_message,
     libvirt,
     libvirt_message,
     require_libraries,
@@ -369,6 +375,12 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import
     start_failure_hint,
     target_text,
     validate_for_host,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._watch import (
+    UNDEFINED,
+    ConcurrentChangeError,
+    DefinitionWatch,
+    open_watch,
 )
 
 SINGLE_CPU_OPTIONS = ("mode", "match", "check", "migratable", "model", "fallback", "vendor_id", "vendor",
@@ -635,19 +647,46 @@ def define(conn, name: str, text: str) -> None:
     call("defining '%s'" % name, conn.defineXML, text)
 
 
-def write_job(conn, job: CPUJob) -> Tuple[str, List[str]]:
-    """Define the planned CPU; return the new persistent XML and warnings."""
+def write_job(conn, job: CPUJob, watch: Optional[DefinitionWatch] = None) -> Tuple[str, List[str]]:
+    """Define the planned CPU; return the new persistent XML and warnings.
+
+    The new definition is computed before the last read, so that nothing but the comparison lies
+    between that read and the write; a change someone else makes in that window (while libvirtd
+    parses the new definition) is reported through *watch*.
+    """
+    new_xml = apply_plan(job.inactive_xml, job.plan)
+    uuid = job.info.uuid or job.domain.UUIDString()
+    since = watch.mark(uuid) if watch is not None else 0
     current = inactive_xml(job.domain)
     if current != job.inactive_xml:
         raise CPUError("domain '%s' was changed by someone else while this task ran (its definition differs from "
                        "the one read at the start); it was not written: run the task again" % job.name)
-    define(conn, job.name, apply_plan(job.inactive_xml, job.plan))
+    define(conn, job.name, new_xml)
+    if watch is not None:
+        check_write_window(job, watch.before_own_definition(uuid, since))
     after = inactive_xml(job.domain)
     warnings = []
     others = outside_cpu_differences(job.inactive_xml, after)
     if others:
         warnings.append("%s: libvirt changed more than <cpu> on define:\n%s" % (job.name, "\n".join(others)))
     return after, warnings
+
+
+def check_write_window(job: CPUJob, others: List[str]) -> None:
+    """Report changes another client made between this task's last read and its write (*others*, in order)."""
+    if not others:
+        return
+    repair = ""
+    if UNDEFINED in others:
+        try:
+            job.domain.undefine()
+            repair = " It was removed again, as the other client had left it."
+        except libvirt.libvirtError as exc:
+            repair = " Removing it again failed (%s): remove it if it should be gone." % libvirt_message(exc)
+    raise ConcurrentChangeError(
+        "domain '%s' was changed by someone else (%s) after this task's last read of it and before its new definition "
+        "took effect; libvirt cannot make a definition conditional, so the new definition replaced that change.%s "
+        "Check the domain and redo the other change if it is still wanted" % (job.name, ", ".join(dict.fromkeys(others)), repair))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -749,6 +788,8 @@ class Runner:
         self.checks = HostChecks(conn, self.version)
         self.results: List[Dict[str, Any]] = []
         self.diffs: List[Dict[str, str]] = []
+        self.watch: Optional[DefinitionWatch] = None
+        self.written: List[Tuple[str, str, int]] = []
 
     def read_all(self) -> List[CPUJob]:
         names = list(dict.fromkeys(self.params["name"]))
@@ -768,7 +809,10 @@ class Runner:
         check_mode = self.module.check_mode
         after_xml = job.inactive_xml
         if job.plan.changed and not check_mode:
-            after_xml, warnings = write_job(self.conn, job)
+            uuid = job.info.uuid or job.domain.UUIDString()
+            if self.watch is not None:
+                self.written.append((job.name, uuid, self.watch.mark(uuid)))
+            after_xml, warnings = write_job(self.conn, job, self.watch)
             for warning in warnings:
                 self.module.warn(warning)
         cpu_after = job.plan.desired_normalized if job.plan.changed and check_mode else read_cpu(after_xml)
@@ -817,8 +861,33 @@ class Runner:
         jobs = self.read_all()
         for warning in validate_jobs(self.checks, jobs, self.version):
             self.module.warn(warning)
-        for job in jobs:
-            self.converge(job)
+        if not self.module.check_mode and any(job.plan.changed for job in jobs):
+            self.open_watch()
+        try:
+            for job in jobs:
+                self.converge(job)
+            self.check_other_definitions()
+        finally:
+            if self.watch is not None:
+                self.watch.close()
+
+    def open_watch(self) -> None:
+        """libvirt's events, to see changes someone else makes while a domain is written."""
+        try:
+            self.watch = open_watch(self.uri)
+        except CPUError as exc:
+            self.module.warn("a change someone else makes to a domain while this task writes it cannot be detected: %s" % exc)
+
+    def check_other_definitions(self) -> None:
+        """Warn about domains someone else defined at about the time this task wrote them (before or after: unknown)."""
+        if self.watch is None or not self.written:
+            return
+        self.watch.settle()
+        for name, uuid, since in self.written:
+            if self.watch.definitions_since(uuid, since) > 1:
+                self.module.warn("%s was defined by someone else at about the time this task wrote its <cpu>; if that "
+                                 "happened just before this task's write, this task's definition replaced it: check the "
+                                 "domain" % name)
 
     def outcome(self) -> Dict[str, Any]:
         result: Dict[str, Any] = {"changed": any(item["changed"] for item in self.results), "domains": self.results}
@@ -849,6 +918,9 @@ def main() -> None:
     except CPUError as exc:
         partial = runner.outcome() if runner is not None else {"changed": False}
         module.fail_json(msg=str(exc), **partial)
+    except LibvirtError as exc:
+        partial = runner.outcome() if runner is not None else {"changed": False}
+        module.fail_json(msg=connection_lost_message(exc), **partial)
     module.exit_json(**runner.outcome())
 
 

@@ -269,8 +269,9 @@ def private_daemon() -> Iterator[PrivateDaemon]:
         daemon.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def private_conn(private_daemon):
+    """A connection to the private libvirtd for one test (the fault tests restart the daemon)."""
     import libvirt  # pylint: disable=import-outside-toplevel
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     conn = private_daemon.open()
@@ -282,8 +283,12 @@ def private_conn(private_daemon):
 
 
 @pytest.fixture(scope="session")
-def kvm_usable(private_conn) -> bool:
-    caps = private_conn.getCapabilities()
+def kvm_usable(private_daemon) -> bool:
+    conn = private_daemon.open()
+    try:
+        caps = conn.getCapabilities()
+    finally:
+        conn.close()
     return "<domain type='kvm'" in caps and os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 

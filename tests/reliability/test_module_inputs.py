@@ -250,9 +250,10 @@ def sentinels(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def table(private_daemon, private_conn, sentinels, tmp_path_factory):
+def table(private_daemon, sentinels, tmp_path_factory):
     """Run every module and role case once; yield the results and the before/after snapshots."""
     canary, recorder, watch = sentinels
+    private_conn = private_daemon.open()
     directory = tmp_path_factory.mktemp("table")
     off, running, missing, new_guest = (domain_name(label) for label in ("inputs-off", "inputs-on", "inputs-missing", "inputs-new"))
     define(private_conn, off, "qemu", "<cpu mode='host-model'/>", description="keep me")
@@ -291,6 +292,7 @@ def table(private_daemon, private_conn, sentinels, tmp_path_factory):
         silent.close()
         for name in (off, running, new_guest):
             remove(private_conn, name)
+        private_conn.close()
 
 
 def _system_domain_names() -> List[str]:
