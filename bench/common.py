@@ -177,7 +177,6 @@ class BenchDomains:
     def __init__(self, conn) -> None:
         self.conn = conn
         self.prefix = "%s%s-" % (BENCH_PREFIX, secrets.token_hex(3))
-        self.defined: List[str] = []
 
     def names(self, label: str, count: int) -> List[str]:
         return ["%s%s-%03d" % (self.prefix, label, index) for index in range(count)]
@@ -185,37 +184,51 @@ class BenchDomains:
     def define(self, names: Iterable[str], xml_of: Callable[[str], str]) -> None:
         """Define (or redefine, which resets) every name with the XML *xml_of* gives it."""
         for name in names:
-            assert name.startswith(self.prefix), name
+            self._own(name)
             self.conn.defineXML(xml_of(name))
-            if name not in self.defined:
-                self.defined.append(name)
 
     def inactive_xml(self, name: str) -> str:
         import libvirt  # pylint: disable=import-outside-toplevel
         return self.conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
 
+    def remove(self, names: Iterable[str]) -> None:
+        """Undefine *names* now."""
+        import libvirt  # pylint: disable=import-outside-toplevel
+        for name in names:
+            self._own(name)
+            try:
+                domain = self.conn.lookupByName(name)
+            except libvirt.libvirtError:
+                continue
+            remove_domain(domain)
+
     def close(self) -> int:
         """Remove every domain of this run (also ones a half-finished method left running); return how many."""
-        import libvirt  # pylint: disable=import-outside-toplevel
-        removed = 0
-        for dom in self.conn.listAllDomains(0):
-            name = dom.name()
-            if not name.startswith(self.prefix):
-                continue
-            try:
-                if dom.isActive():
-                    dom.destroy()
-                if dom.isPersistent():
-                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
-                removed += 1
-            except libvirt.libvirtError:
-                pass
-            try:
-                (GUEST_LOG_DIR / (name + ".log")).unlink()
-            except OSError:
-                pass
-        self.defined = []
-        return removed
+        mine = [dom for dom in self.conn.listAllDomains(0) if dom.name().startswith(self.prefix)]
+        for domain in mine:
+            remove_domain(domain)
+        return len(mine)
+
+    def _own(self, name: str) -> None:
+        if not name.startswith(self.prefix):
+            raise BenchError("refusing to touch domain '%s': not one of this bench run (%s...)" % (name, self.prefix))
+
+
+def remove_domain(domain) -> None:
+    """Destroy (if running) and undefine one bench domain, and remove its QEMU log."""
+    import libvirt  # pylint: disable=import-outside-toplevel
+    name = domain.name()
+    try:
+        if domain.isActive():
+            domain.destroy()
+        if domain.isPersistent():
+            domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+    except libvirt.libvirtError:
+        pass
+    try:
+        (GUEST_LOG_DIR / (name + ".log")).unlink()
+    except OSError:
+        pass
 
 
 def leftover_bench_domains(conn) -> List[str]:

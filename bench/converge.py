@@ -43,6 +43,8 @@ from common import (ROOT, BenchDomains, BenchError, LoadSampler, ansible_env, do
 
 INITIAL_CPU = "<cpu mode='host-model'/>"
 TARGET_MODE = "host-passthrough"
+# What libvirt stores for mode host-passthrough: the start of the reruns that have no first run.
+CONVERGED_CPU = "<cpu mode='host-passthrough' check='none' migratable='on'/>"
 METHODS = ("a", "b", "c", "d")
 METHOD_TEXT = {
     "floor": "bare task (ansible.builtin.ping)",
@@ -62,7 +64,7 @@ Log = Callable[[str], None]
 
 def method_tasks(method: str, run: str) -> List[Dict[str, Any]]:
     """The tasks of *method* for *run* (``first`` or ``rerun``); their names start with ``<method>-<run>``."""
-    names = "{{ names_%s }}" % method
+    names = "{{ names }}"
     label = "%s-%s" % (method, run)
     if method == "a":
         return [{"name": label, "hostcpu.libvirt.domain_cpu": {"name": names, "mode": TARGET_MODE}, "register": "a_" + run}]
@@ -82,7 +84,7 @@ def method_tasks(method: str, run: str) -> List[Dict[str, Any]]:
              "loop": "{{ %s.results }}" % edited, "loop_control": {"label": "{{ item.item.item }}"}, "when": "item is changed"},
         ]
     if method == "d":
-        script = ('for name in {{ names_d | join(" ") }}; do virt-xml "$name" --edit --cpu %s --define --quiet || exit 1; done'
+        script = ('for name in {{ names | join(" ") }}; do virt-xml "$name" --edit --cpu %s --define --quiet || exit 1; done'
                   % TARGET_MODE)
         return [{"name": label, "ansible.builtin.shell": script}]
     raise ValueError(method)
@@ -96,17 +98,15 @@ def tasks_seconds(run: Any) -> List[Tuple[str, float]]:
     return [(name, seconds) for name, (seconds, _result) in run.tasks.items()]
 
 
-def playbook_tasks(methods: Tuple[str, ...], which: str) -> List[Dict[str, Any]]:
-    """One fresh ansible-playbook per run (first, rerun): every module pays its first use, as in a real run.
+def playbook_tasks(method: str, which: str) -> List[Dict[str, Any]]:
+    """A fresh ansible-playbook per method and run: every module pays its first use, as in a real run.
 
-    The warm-up (debug, no module) takes the play's one-time start; then the bare task and each
-    method. (b) comes after (a) and reuses domain_cpu's payload that (a) built, which favours (b).
+    The warm-up (debug, no module) takes the play's one-time start; then the bare task and the
+    method. The rerun of (a) is followed by the bare task and (a) once more, payloads built: what
+    each further host of a fleet pays in the same run.
     """
-    tasks = [{"name": "warm-up", "ansible.builtin.debug": {"msg": "warm-up"}}, floor_task("floor")]
-    for method in methods:
-        tasks += method_tasks(method, which)
-    if which == "rerun":
-        # What each further host of a fleet pays: the payloads are built already (once per run).
+    tasks = [{"name": "warm-up", "ansible.builtin.debug": {"msg": "warm-up"}}, floor_task("floor")] + method_tasks(method, which)
+    if method == "a" and which == "rerun":
         tasks += [floor_task("floor-again"), dict(method_tasks("a", "rerun")[0], name="a-again", register="a_again")]
     return tasks
 
@@ -127,18 +127,19 @@ def changed_items(result: Dict[str, Any]) -> int:
 REPORTING_TASK = {"a": "a-first", "b": "b-first", "c": "c-first-define"}
 
 
-def check_reports(first: Any, rerun: Any, methods: Tuple[str, ...], count: int) -> None:
-    if changed_items(rerun.result("a-again")):
-        raise BenchError("%s: the second rerun reported a change" % METHOD_TEXT["a"])
-    for method in methods:
-        if method not in REPORTING_TASK:
-            continue
-        changed = changed_items(first.result(REPORTING_TASK[method]))
+def check_first(run: Any, method: str, count: int) -> None:
+    if method in REPORTING_TASK:
+        changed = changed_items(run.result(REPORTING_TASK[method]))
         if changed != count:
             raise BenchError("%s: the first run changed %d of %d domains" % (METHOD_TEXT[method], changed, count))
-        for name in task_names(rerun, method, "rerun"):
-            if changed_items(rerun.result(name)):
-                raise BenchError("%s: the rerun reported a change (%s)" % (METHOD_TEXT[method], name))
+
+
+def check_rerun(run: Any, method: str) -> None:
+    if method not in REPORTING_TASK:
+        return
+    for name in task_names(run, method, "rerun") + (["a-again"] if method == "a" else []):
+        if changed_items(run.result(name)):
+            raise BenchError("%s: the rerun reported a change (%s)" % (METHOD_TEXT[method], name))
 
 
 def check_converged(domains: BenchDomains, names: List[str], method: str) -> None:
@@ -252,100 +253,137 @@ def profile_module(names: List[str], reset: Callable[[], None], out_dir: Path) -
 # one size
 
 
-def sample_table(runs: List[Tuple[Any, Any]], methods: Tuple[str, ...]) -> Dict[str, Dict[str, List[float]]]:
-    """Per method and run (first, rerun) the task seconds of every repetition; the floor from both playbooks."""
-    samples: Dict[str, Dict[str, List[float]]] = {"floor": {"task": [], "overhead": []}}
-    for pair in runs:
-        for run in pair:
-            samples["floor"]["task"].append(run.seconds("floor"))
-            samples["floor"]["overhead"].append(run.overhead())
-        samples["floor"].setdefault("again", []).append(pair[1].seconds("floor-again"))
-        samples.setdefault("again", {}).setdefault("rerun", []).append(pair[1].seconds("a-again"))
-        for method in methods:
-            for which, run in zip(("first", "rerun"), pair):
-                names = task_names(run, method, which)
-                if names:
-                    samples.setdefault(method, {}).setdefault(which, []).append(run.seconds(*names))
-    return samples
+class Samples:
+    """Task seconds per method and run, and the bare task's, over every playbook of one N."""
+
+    def __init__(self) -> None:
+        self.methods: Dict[str, Dict[str, List[float]]] = {}
+        self.floor: List[float] = []
+        self.overhead: List[float] = []
+        self.built: Dict[str, List[float]] = {"floor": [], "a": []}
+
+    def add(self, method: str, which: str, run: Any) -> None:
+        self.floor.append(run.seconds("floor"))
+        self.overhead.append(run.overhead())
+        self.methods.setdefault(method, {"first": [], "rerun": []})[which].append(run.seconds(*task_names(run, method, which)))
+        if "a-again" in run.tasks:
+            self.built["floor"].append(run.seconds("floor-again"))
+            self.built["a"].append(run.seconds("a-again"))
 
 
-def summarize(count: int, samples: Dict[str, Dict[str, List[float]]], process: Dict[str, Any]) -> Dict[str, Any]:
-    floor = median(samples["floor"]["task"])
+def summarize(count: int, samples: Samples, process: Dict[str, Any]) -> Dict[str, Any]:
+    floor = median(samples.floor)
     methods = {}
     for method in METHODS:
-        if method not in samples:
+        if method not in samples.methods:
             continue
-        entry = {"runs": len(samples[method]["first"])}
+        taken = samples.methods[method]
+        entry: Dict[str, Any] = {"runs": len(taken["rerun"]), "first_runs": len(taken["first"])}
         for which in ("first", "rerun"):
-            entry[which] = median(samples[method][which])
-            entry[which + "_samples"] = samples[method][which]
+            entry[which] = median(taken[which]) if taken[which] else None
+            entry[which + "_samples"] = taken[which]
         methods[method] = entry
     a = methods["a"]
     for method, entry in methods.items():
-        entry["first_vs_a"] = ratio(entry["first"], a["first"])
+        entry["first_vs_a"] = ratio(entry["first"], a["first"]) if entry["first"] is not None else None
         entry["rerun_vs_a"] = ratio(entry["rerun"], a["rerun"])
+    built_floor, built_a = median(samples.built["floor"]), median(samples.built["a"])
     return {
         "domains": count,
         "floor": floor,
-        "floor_samples": samples["floor"]["task"],
-        "playbook_overhead": median(samples["floor"]["overhead"]),
+        "floor_samples": samples.floor,
+        "playbook_overhead": median(samples.overhead),
         "methods": methods,
         "a_rerun_vs_floor": ratio(a["rerun"], floor),
-        "built": {"floor": median(samples["floor"]["again"]), "a_rerun": median(samples["again"]["rerun"]),
-                  "a_rerun_vs_floor": ratio(median(samples["again"]["rerun"]), median(samples["floor"]["again"]))},
         "a_first_vs_floor": ratio(a["first"], floor),
+        "built": {"floor": built_floor, "a_rerun": built_a, "a_rerun_vs_floor": ratio(built_a, built_floor)},
         "a_per_domain": {which: (a[which] - floor) / count for which in ("first", "rerun")},
         "module_process": dict(process, per_domain={which: (process[which] - process["ping"]) / count for which in ("first", "rerun")}),
     }
 
 
-def measure_size(conn, count: int, repeat: int, slow_repeat: int, log: Log, load: LoadSampler,
-                 profile_dir: Optional[Path] = None) -> Dict[str, Any]:
-    """Every method over *count* domains: *slow_repeat* repetitions with all methods, the rest (a) only."""
-    domains = BenchDomains(conn)
-    virt_type = "kvm" if usable_kvm(conn) else "qemu"
-    sets = {method: domains.names("%s%d" % (method, count), count) for method in METHODS}
-    variables = {"names_%s" % method: names for method, names in sets.items()}
+class SizeRun:
+    """The domains of one N: defined for one method at a time (community.libvirt.virt lists every domain on each call)."""
 
-    def reset(methods: Tuple[str, ...] = METHODS) -> None:
-        for method in methods:
-            domains.define(sets[method], lambda name: domain_xml(name, virt_type, INITIAL_CPU))
+    def __init__(self, conn, count: int, log: Log, load: LoadSampler) -> None:
+        self.domains = BenchDomains(conn)
+        self.count = count
+        self.names = self.domains.names("n%d" % count, count)
+        self.virt_type = "kvm" if usable_kvm(conn) else "qemu"
+        self.log = log
+        self.load = load
+        self.samples = Samples()
 
-    runs = []
+    def define(self, cpu_xml: str) -> None:
+        self.domains.define(self.names, lambda name: domain_xml(name, self.virt_type, cpu_xml))
+
+    def method(self, method: str, first: bool) -> None:
+        """One repetition of *method*: first run and rerun (or, with first=False, the rerun of converged domains)."""
+        self.define(INITIAL_CPU if first else CONVERGED_CPU)
+        variables = {"names": self.names}
+        self.load.mark()
+        started = time.perf_counter()
+        timings = []
+        try:
+            if first:
+                run = run_playbook(playbook_tasks(method, "first"), variables)
+                check_first(run, method, self.count)
+                self.samples.add(method, "first", run)
+                timings += tasks_seconds(run)
+            check_converged(self.domains, self.names, method)
+            run = run_playbook(playbook_tasks(method, "rerun"), variables)
+            check_rerun(run, method)
+            check_converged(self.domains, self.names, method)
+            self.samples.add(method, "rerun", run)
+            timings += tasks_seconds(run)
+        finally:
+            self.domains.remove(self.names)
+        self.load.mark()
+        self.log("  N=%d %s: %.1f s (%s)" % (self.count, METHOD_TEXT[method], time.perf_counter() - started,
+                                             ", ".join("%s %.2f" % item for item in timings if item[0] != "warm-up")))
+
+    def module_process(self, repeat: int, profile_dir: Optional[Path]) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+        def reset() -> None:
+            self.define(INITIAL_CPU)
+
+        reset()
+        try:
+            with tempfile.TemporaryDirectory(prefix="hostcpu-bench-") as keep:
+                process = module_process(ansiballz_payloads(self.names, Path(keep)), reset, repeat)
+            check_converged(self.domains, self.names, "a")
+            profile = profile_module(self.names, reset, profile_dir) if profile_dir is not None else None
+            return process, profile
+        finally:
+            self.domains.remove(self.names)
+
+
+def measure_size(conn, count: int, plan: Dict[str, Any], log: Log, load: LoadSampler, profile_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """(a) and the floor *plan["repeat"]* times; (b), (c), (d) *plan["slow"]* times (first runs only when plan["slow_first"])."""
+    size = SizeRun(conn, count, log, load)
     try:
-        for index in range(max(repeat, slow_repeat)):
-            methods = METHODS if index < slow_repeat else ("a",)
-            reset(methods)
-            load.mark()
-            started = time.perf_counter()
-            first = run_playbook(playbook_tasks(methods, "first"), variables)
-            for method in methods:
-                check_converged(domains, sets[method], method)
-            rerun = run_playbook(playbook_tasks(methods, "rerun"), variables)
-            load.mark()
-            check_reports(first, rerun, methods, count)
-            runs.append((first, rerun))
-            timings = ", ".join("%s %.2f" % item for item in tasks_seconds(first) + tasks_seconds(rerun) if item[0] != "warm-up")
-            log("  N=%d repetition %d/%d: %.1f s (%s)" % (count, index + 1, max(repeat, slow_repeat), time.perf_counter() - started, timings))
-        with tempfile.TemporaryDirectory(prefix="hostcpu-bench-") as keep:
-            payloads = ansiballz_payloads(sets["a"], Path(keep))
-            process = module_process(payloads, lambda: reset(("a",)), repeat)
-        check_converged(domains, sets["a"], "a")
-        summary = summarize(count, sample_table(runs, METHODS), process)
-        if profile_dir is not None:
-            summary["profile"] = profile_module(sets["a"], lambda: reset(("a",)), profile_dir)
-            check_converged(domains, sets["a"], "a")
-        summary["virt_type"] = virt_type
+        for index in range(max(plan["repeat"], plan["slow"])):
+            if index < plan["repeat"]:
+                size.method("a", True)
+            if index < plan["slow"]:
+                for method in ("b", "c", "d"):
+                    size.method(method, plan["slow_first"])
+        process, profile = size.module_process(plan["repeat"], profile_dir)
+        summary = summarize(count, size.samples, process)
+        if profile:
+            summary["profile"] = profile
+        summary["virt_type"] = size.virt_type
         return summary
     finally:
-        domains.close()
+        size.domains.close()
 
 
-def measure(conn, sizes: List[int], repeat: int, slow_repeats: Dict[int, int], log: Log, load: LoadSampler,
+def measure(conn, sizes: List[int], repeat: int, slow_repeats: Dict[int, int], slow_first_max: int, log: Log, load: LoadSampler,
             profile_dir: Optional[Path] = None) -> Dict[str, Any]:
     results = []
     for count in sizes:
-        slow = slow_repeats.get(count, 1)
-        log("converge: %d domains, %d repetitions of (a) and the floor, %d of (b), (c), (d)" % (count, max(repeat, slow), slow))
-        results.append(measure_size(conn, count, repeat, slow, log, load, profile_dir if count == max(sizes) else None))
-    return {"sizes": results, "target_mode": TARGET_MODE, "initial_cpu": INITIAL_CPU}
+        plan = {"repeat": repeat, "slow": slow_repeats.get(count, 1), "slow_first": count <= slow_first_max}
+        log("converge: %d domains, %d repetitions of (a) and the floor, %d of (b), (c), (d)%s"
+            % (count, repeat, plan["slow"], "" if plan["slow_first"] else " (their no-op reruns only)"))
+        results.append(measure_size(conn, count, plan, log, load, profile_dir if count == max(sizes) else None))
+    return {"sizes": results, "target_mode": TARGET_MODE, "initial_cpu": INITIAL_CPU, "converged_cpu": CONVERGED_CPU,
+            "slow_first_max": slow_first_max}

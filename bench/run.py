@@ -47,8 +47,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated, of %s" % ", ".join(SECTIONS))
     parser.add_argument("--sizes", default="10,50,200", help="domain counts N (default 10,50,200)")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of (a) and the bare task per N (default 5)")
-    parser.add_argument("--slow-repeat", default="10:3,50:2,200:1",
-                        help="repetitions of (b), (c), (d) per N, as N:count,... (default 10:3,50:2,200:1)")
+    parser.add_argument("--slow-repeat", default="10:3,50:1,200:1",
+                        help="repetitions of (b), (c), (d) per N, as N:count,... (default 10:3,50:1,200:1)")
+    parser.add_argument("--slow-first-max", type=int, default=50,
+                        help="largest N at which the first runs of (b), (c), (d) are measured; above it only their no-op "
+                             "reruns (default 50: their first runs over 200 domains would take another ~5 minutes)")
+    parser.add_argument("--full", action="store_true", help="also the first runs of (b), (c), (d) at every N, and 2 repetitions at N=50")
     parser.add_argument("--facts-repeat", type=int, default=3, help="rounds of cpu_facts and its raw calls (default 3)")
     parser.add_argument("--live-repeat", type=int, default=20, help="rounds over the live_cpu matrix (default 20)")
     parser.add_argument("--fleet-repeat", type=int, default=3, help="cold+warm rounds of fleet_baseline (default 3)")
@@ -56,6 +60,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", default=str(RESULTS), help="directory for latest.md/latest.json; '-' writes nothing")
     parser.add_argument("--update-readme", action="store_true", help="also write the summary into README.md's Performance section")
     args = parser.parse_args(argv)
+    if args.full:
+        args.slow_repeat, args.slow_first_max = "10:3,50:2,200:1", 1 << 30
     if args.quick:
         args.sizes, args.repeat, args.slow_repeat = "10", 1, "10:1"
         args.facts_repeat, args.live_repeat, args.fleet_repeat = 1, 3, 1
@@ -98,7 +104,8 @@ def run_sections(args: argparse.Namespace, conn, load: LoadSampler, results: Dic
         profile_dir = Path(args.output) if args.output != "-" else None
         if profile_dir:
             profile_dir.mkdir(parents=True, exist_ok=True)
-        results["converge"] = converge.measure(conn, args.sizes, args.repeat, args.slow_repeat, log, load, profile_dir)
+        results["converge"] = converge.measure(conn, args.sizes, args.repeat, args.slow_repeat, args.slow_first_max, log, load,
+                                               profile_dir)
     if "facts" in args.sections:
         import facts  # pylint: disable=import-outside-toplevel
         log("cpu_facts: %d rounds" % args.facts_repeat)
@@ -190,16 +197,19 @@ def converge_lines(converge: Dict[str, Any]) -> List[str]:
     from converge import METHOD_TEXT  # pylint: disable=import-outside-toplevel
     lines = ["### Converging the CPU mode of N shut-off domains", "",
              "Each domain starts as `%s` and is set to mode `%s`: first run (every domain changes), then the no-op "
-             "rerun. Task durations from the json callback, median of the runs shown; ratios against (a)."
-             % (converge["initial_cpu"], converge["target_mode"]), ""]
+             "rerun. Each method and run is a fresh ansible-playbook with the bare task; task durations from the json callback, "
+             "median of the runs shown (the slow methods have fewer); ratios against (a). Above N=%s the first runs of "
+             "(b), (c), (d) are not measured (`--full` does; each takes minutes): their reruns start from converged domains (`%s`)."
+             % (converge["initial_cpu"], converge["target_mode"], converge["slow_first_max"], converge["converged_cpu"]), ""]
     for entry in converge["sizes"]:
         lines += ["**N = %d** (%s guests)" % (entry["domains"], entry["virt_type"]), "",
                   "| method | runs | first run | x (a) | no-op rerun | x (a) |", "|---|---:|---:|---:|---:|---:|",
                   "| %s | %d | %s | | %s | |" % (
                       METHOD_TEXT["floor"], len(entry["floor_samples"]), seconds_text(entry["floor"]), seconds_text(entry["floor"]))]
         for method, row in entry["methods"].items():
-            lines.append("| %s | %d | %s | %.1fx | %s | %.1fx |" % (
-                METHOD_TEXT[method], row["runs"], seconds_text(row["first"]), row["first_vs_a"], seconds_text(row["rerun"]), row["rerun_vs_a"]))
+            lines.append("| %s | %d | %s | %s | %s | %.1fx |" % (
+                METHOD_TEXT[method], row["runs"], seconds_text(row["first"]) if row["first"] is not None else "not measured",
+                "%.1fx" % row["first_vs_a"] if row["first_vs_a"] is not None else "", seconds_text(row["rerun"]), row["rerun_vs_a"]))
         process = entry["module_process"]
         built = entry["built"]
         lines += ["", "(a) against the bare task: first run %.1fx, no-op rerun %.1fx (both in a fresh ansible-playbook, where each "
@@ -320,7 +330,8 @@ def readme_block(results: Dict[str, Any]) -> str:
                   "| method | first run | no-op rerun |", "|---|---:|---:|",
                   "| %s | %s | %s |" % (METHOD_TEXT["floor"], seconds_text(entry["floor"]), seconds_text(entry["floor"]))]
         for method, row in entry["methods"].items():
-            lines.append("| %s | %s | %s |" % (METHOD_TEXT[method], seconds_text(row["first"]), seconds_text(row["rerun"])))
+            lines.append("| %s | %s | %s |" % (METHOD_TEXT[method], seconds_text(row["first"]) if row["first"] is not None else "not measured",
+                                               seconds_text(row["rerun"])))
     return "\n".join(lines + ["", README_END])
 
 
