@@ -21,7 +21,9 @@ per measurement and checks that the CPU starts identically on every host (by pre
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import random
 import statistics
 import sys
@@ -73,6 +75,19 @@ def check(hosts: list, cpu: dict) -> int:
     return len(_baseline.distinct_hosts(_baseline.host_records(hosts)))
 
 
+def profile_cold(hosts: list, top: int = 8) -> list:
+    """Where one cold fleet_baseline call spends its time: the collection's functions with the most cumulative time."""
+    clear_caches()
+    profile = cProfile.Profile()
+    profile.enable()
+    fleet_baseline(hosts)
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    ours = [("%s.%s" % (Path(key[0]).stem, key[2]), entry[3]) for key, entry in stats.items()
+            if "hostcpu/libvirt/plugins/module_utils" in key[0] and not key[2].startswith("<")]
+    return [{"function": name, "seconds": seconds} for name, seconds in sorted(ours, key=lambda item: -item[1])[:top]]
+
+
 def measure(hosts_count: int, kinds: int, repeat: int, seed: int = 1) -> dict:
     """Cold and warm seconds (medians of *repeat*) for a fleet of *kinds* kinds and one of all-distinct hosts."""
     result = {"hosts": hosts_count, "rounds": repeat}
@@ -87,6 +102,7 @@ def measure(hosts_count: int, kinds: int, repeat: int, seed: int = 1) -> dict:
             warms.append(seconds)
         features = cpu.get("features") or []
         result[label] = {
+            "profile": profile_cold(hosts),
             "distinct": check(hosts, cpu),
             "cold": statistics.median(colds),
             "warm": statistics.median(warms),

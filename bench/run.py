@@ -217,6 +217,9 @@ def converge_lines(converge: Dict[str, Any]) -> List[str]:
                   "the same run: (a) no-op %s, bare task %s, %.1fx." % (
                       entry["a_first_vs_floor"], entry["a_rerun_vs_floor"], seconds_text(built["a_rerun"]), seconds_text(built["floor"]),
                       built["a_rerun_vs_floor"]),
+                  "The first use of domain_cpu in a run costs %s more than the bare module's (Ansible building its payload: finding, "
+                  "parsing and zipping the module_utils it imports). " % seconds_text(
+                      (entry["methods"]["a"]["rerun"] - built["a_rerun"]) - (entry["floor"] - built["floor"])),
                   "Inside Ansible, (a) costs %.2f ms per domain on "
                   "the first run and %.2f ms on the no-op rerun above the bare task. The module process alone (its AnsiballZ payload "
                   "run directly, median of %d): first run %s, no-op %s, bare ping module %s."
@@ -294,6 +297,9 @@ def fleet_lines(fleet: Dict[str, Any]) -> List[str]:
         lines.append("- %s (%d distinct): cold %s, warm %s (median of %d); the result: %s, %d required, %d disabled features"
                      % (text, row["distinct"], seconds_text(row["cold"]), seconds_text(row["warm"]), fleet["rounds"],
                         row["model"], row["required"], row["disabled"]))
+        if row.get("profile"):
+            lines.append("  - cProfile of one cold call (cumulative, profiler overhead included): %s"
+                         % ", ".join("%s %s" % (item["function"], seconds_text(item["seconds"])) for item in row["profile"]))
     return lines + [""]
 
 
