@@ -119,8 +119,7 @@ def run_playbook(tasks: List[Dict[str, Any]], variables: Optional[Dict[str, Any]
         path.write_text(json.dumps([play]), encoding="utf-8")
         command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(path)]
         start = time.perf_counter()
-        proc = subprocess.run(command, capture_output=True, text=True, env=dict(ansible_env(), **(extra_env or {})), cwd=tmp,
-                              timeout=timeout, check=False)
+        proc = run_in_own_group(command, dict(ansible_env(), **(extra_env or {})), tmp, timeout)
         wall = time.perf_counter() - start
     try:
         output = json.loads(proc.stdout)
@@ -133,6 +132,32 @@ def run_playbook(tasks: List[Dict[str, Any]], variables: Optional[Dict[str, Any]
     if proc.returncode != 0:
         raise BenchError("ansible-playbook exited with %d:\n%s" % (proc.returncode, proc.stderr[-3000:]))
     return run
+
+
+def run_in_own_group(command: List[str], env: Dict[str, str], cwd: str, timeout: int) -> subprocess.CompletedProcess:
+    """Run *command* in its own process group; on Ctrl-C, SIGTERM or a timeout the whole group (ansible-playbook,
+    its workers and their modules) is stopped before the caller cleans up, so nothing defines a domain afterwards."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException:
+            stop_group(proc)
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def failure_message(result: Dict[str, Any]) -> str:
