@@ -13,7 +13,8 @@ controller):
 * "kinds": HOSTS hosts of KINDS distinct kinds (a real fleet has a few CPU generations),
 * "distinct": HOSTS hosts, every one different (the worst case: nothing is shared).
 
-Each is timed cold (caches of host views, CPU maps and prediction contexts emptied) and warm
+Each is timed cold (every cache emptied: host views, CPU maps, prediction contexts, facts already
+checked; as in the fresh Ansible worker process that runs a task) and warm
 (the same facts again, as a second filter call in the same play would see them). Prints one line
 per measurement and checks that the CPU starts identically on every host (by prediction).
 """
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests" / "unit" / "plugins" / "module_utils"))
 from fleet_facts import real_facts, variant  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.hostcpu.libvirt.plugins.filter.fleet import fleet_baseline  # noqa: E402
-from ansible_collections.hostcpu.libvirt.plugins.module_utils import _baseline, _expansion  # noqa: E402
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _baseline, _expansion, _shape  # noqa: E402
 
 
 def fleet(hosts: int, kinds: int, seed: int) -> list:
@@ -52,9 +53,12 @@ def fleet(hosts: int, kinds: int, seed: int) -> list:
 
 
 def clear_caches() -> None:
+    """Every cache of the collection's code, as in the fresh Ansible worker that runs the task (plugins are imported already)."""
     _baseline._VIEWS.clear()  # pylint: disable=protected-access
     _baseline._FACTS_MAPS.clear()  # pylint: disable=protected-access
+    _baseline._CONTROLLER_MAP.clear()  # pylint: disable=protected-access
     _expansion._CONTEXTS.clear()  # pylint: disable=protected-access
+    _shape._CHECKED.clear()  # pylint: disable=protected-access
 
 
 def timed(hosts: list, cold: bool) -> tuple:

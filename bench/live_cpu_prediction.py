@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from tests.accuracy.matrix import matrix  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.hostcpu.libvirt.plugins.filter.cpu import live_cpu  # noqa: E402
-from ansible_collections.hostcpu.libvirt.plugins.module_utils import _expansion  # noqa: E402
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _expansion, _shape  # noqa: E402
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import build_facts  # noqa: E402
 
 UNIT = ROOT / "tests" / "unit" / "fixtures"
@@ -49,6 +49,7 @@ def one_round(facts: dict, cases: list, cold: bool) -> float:
     for virt_type, cpu in cases:
         if cold:
             _expansion._CONTEXTS.clear()  # pylint: disable=protected-access
+            _shape._CHECKED.clear()  # pylint: disable=protected-access
         try:
             live_cpu(cpu, facts, virt_type)
         except AnsibleFilterError:
