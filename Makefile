@@ -30,11 +30,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # -rs: every skipped test is listed with its reason at the end.
 PYTEST := $(PY) -m pytest -rs
 
-.PHONY: help link venv system daemons setup sanity unit integration accuracy fleet testdata demo test clean distclean molecule lint bench
+.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
-	@echo '  targets: venv system daemons setup sanity unit integration accuracy fleet molecule lint testdata demo bench test clean'
+	@echo '  targets: venv system daemons setup sanity unit integration reliability accuracy fleet molecule lint testdata demo bench test clean'
 
 # --- set-up ------------------------------------------------------------------------------
 
@@ -74,6 +74,11 @@ unit: venv testdata
 integration: venv daemons
 	$(PYTEST) tests/integration
 
+# Bad input, faults and concurrency (tests/reliability, about 3 minutes), against a private
+# libvirtd the suite starts, kills and restarts itself (never the daemon other suites use).
+reliability: venv daemons
+	$(PYTEST) tests/reliability
+
 # live_cpu's predictions vs. guests started paused on this host (tests/accuracy, a few minutes)
 # and vs. libvirt's own test data (tests/conformance); both print their match rate and fail below 100%.
 accuracy: venv daemons testdata
@@ -112,6 +117,7 @@ test: setup
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory unit
 	$(MAKE) --no-print-directory integration
+	$(MAKE) --no-print-directory reliability
 	$(MAKE) --no-print-directory accuracy
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory molecule

@@ -682,7 +682,10 @@ def check_write_window(job: CPUJob, others: List[str]) -> None:
             job.domain.undefine()
             repair = " It was removed again, as the other client had left it."
         except libvirt.libvirtError as exc:
-            repair = " Removing it again failed (%s): remove it if it should be gone." % libvirt_message(exc)
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                repair = " It is removed, as the other client left it."
+            else:
+                repair = " Removing it again failed (%s): remove it if it should be gone." % libvirt_message(exc)
     raise ConcurrentChangeError(
         "domain '%s' was changed by someone else (%s) after this task's last read of it and before its new definition "
         "took effect; libvirt cannot make a definition conditional, so the new definition replaced that change.%s "

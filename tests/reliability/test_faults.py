@@ -10,12 +10,11 @@ binary (session mode, as the QEMU user), with real kvm and TCG guests.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import libvirt
 import pytest
@@ -138,7 +137,8 @@ def test_libvirtd_killed_during_a_task_and_restarted_between_tasks(private_daemo
 
         # the rerun converges: the restart happens, the other domain is changed; a third run changes nothing
         rerun = [cpu_task(running, mode="maximum", restart=True, shutdown_timeout=1), cpu_task(stopped, mode="maximum")]
-        first, second = (run_playbook([local_play(rerun)], tmp_path, env) for _ in range(2))
+        first = run_playbook([local_play(rerun)], tmp_path, env)
+        second = run_playbook([local_play(rerun)], tmp_path, env)
         assert_no_crash(first.text + second.text)
         restarted, changed = first.results()
         assert restarted["changed"] and restarted["domains"][0]["restarted"], restarted
@@ -229,6 +229,7 @@ def test_changes_in_the_write_window_are_reported(private_daemon):
         writer = threading.Thread(target=describe, daemon=True)
         writer.start()
         written = refused = reported = attempts = 0
+        message = ""
         began = time.monotonic()
         while time.monotonic() - began < 5:
             attempts += 1
@@ -244,6 +245,9 @@ def test_changes_in_the_write_window_are_reported(private_daemon):
         stop.set()
         writer.join(10)
         watch.close()
+        final = conn.lookupByName(name).metadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, None, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        if final != str(counts["last"]):
+            counts["lost"] += 1  # the last write went back after the other client stopped looking
         fault("concurrent description writes during domain_cpu writes (%d)" % counts["writes"])
         print("\nwrite window: %d domain_cpu writes, %d refused (changed before the last read), %d reported (changed in "
               "the window), %d description writes by the other client, %d of them lost"
@@ -252,11 +256,61 @@ def test_changes_in_the_write_window_are_reported(private_daemon):
         assert reported >= counts["lost"], "a lost update was not reported"
         assert "a metadata change" in message and "redo the other change" in message
         final = conn.lookupByName(name).metadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, None, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-        assert final == str(counts["last"]), "the other client's last write stands"
+        assert final == str(counts["last"]) or reported > 0, "the other client's last write stands, or its loss was reported"
     finally:
         stop.set()
         remove(conn, name)
         conn.close()
+
+
+WINDOW_HIT = "removed in the write window: removed again"
+
+
+def test_a_removal_is_never_undone(private_daemon):
+    """Someone removes the domain at a random moment around domain_cpu's read and write (many
+    times). Whatever the moment, the domain is gone afterwards: a write that would define it again
+    (the removal landed in the write window) is detected and the domain is removed again."""
+    conn = private_daemon.open()
+    other = private_daemon.open()
+    name = domain_name("removal")
+    watch = open_watch(private_daemon.uri)
+    outcomes: Dict[str, int] = {}
+    rng = __import__("random").Random(8)
+    try:
+        cycle = 0
+        while cycle < 100 or (outcomes.get(WINDOW_HIT, 0) < 2 and cycle < 400):
+            cycle += 1
+            dom = define(conn, name, "qemu", "<cpu mode='host-model'/>")
+            remover = threading.Timer(rng.uniform(0, 0.006), lambda: other.lookupByName(name).undefine())
+            try:
+                job = _read(conn, name, private_daemon.uri, "maximum" if cycle % 2 else "custom")
+                remover.start()
+                write_job(conn, job, watch)
+                outcome = "written before the removal"
+            except ConcurrentChangeError as exc:
+                assert "its removal" in str(exc) and ("It was removed again" in str(exc) or "It is removed" in str(exc)), str(exc)
+                outcome = WINDOW_HIT
+            except LibvirtCallError as exc:
+                if "is already being removed" in str(exc):
+                    outcome = "removed while being defined: libvirt refused the define"
+                else:
+                    assert "Domain not found" in str(exc), str(exc)
+                    outcome = "removed before the last read: not written"
+            finally:
+                if not remover.is_alive() and not remover.finished.is_set():
+                    remover.start()
+                remover.join(5)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            assert name not in [d.name() for d in conn.listAllDomains()], "cycle %d (%s): the removal was undone" % (cycle, outcome)
+            del dom
+        fault("removals around domain_cpu's write (%d)" % cycle)
+        print("\nremovals at random moments: %s" % outcomes)
+        assert outcomes.get(WINDOW_HIT, 0) > 0, "the window was not hit: nothing proven"
+    finally:
+        watch.close()
+        remove(conn, name)
+        conn.close()
+        other.close()
 
 
 # ---------------------------------------------------------------------------------------------

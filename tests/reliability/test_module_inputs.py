@@ -17,6 +17,7 @@ never opened (inotify), and the TCP listener the XML points at records no connec
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Tuple
@@ -59,7 +60,9 @@ def hostile(root: str, canary: Path, port: int) -> Dict[str, Any]:
 
 def module_cases(off: str, running: str, missing: str, canary: Path, port: int, refused: str) -> List[Case]:
     cases: List[Case] = []
-    add = lambda label, module, args, *words: cases.append(Case(label, module, args, tuple(words)))  # noqa: E731
+
+    def add(label: str, module: str, args: Dict[str, Any], *words: str) -> None:
+        cases.append(Case(label, module, args, tuple(words)))
 
     # --- cpu_facts --------------------------------------------------------------------------
     caps = hostile("capabilities", canary, port)
@@ -265,27 +268,29 @@ def table(private_daemon, sentinels, tmp_path_factory):
         refused = "qemu+tcp://127.0.0.1:%d/system" % closed_port()
         env = {"LIBVIRT_DEFAULT_URI": private_daemon.uri}
         silent_uri = "qemu+tcp://127.0.0.1:%d/system" % silent.port
+        silent_cases = (("cpu_facts", {}), ("domain_cpu", {"name": off, "mode": "maximum"}),
+                        ("cpu_baseline", {"compare": {"mode": "host-model"}}))
         silent_tasks = [
             {"name": "%s silent uri" % module, "hostcpu.libvirt.%s" % module: dict(args, uri=silent_uri),
              "when": "inventory_hostname == %s" % json.dumps(host), "ignore_errors": True}
-            for host, (module, args) in zip(("h1", "h2", "h3"), (("cpu_facts", {}), ("domain_cpu", {"name": off, "mode": "maximum"}),
-                                                              ("cpu_baseline", {"compare": {"mode": "host-model"}})))
+            for host, (module, args) in zip(("h1", "h2", "h3"), silent_cases)
         ]
         background = start_playbook([{"hosts": "all", "gather_facts": False, "connection": "local", "strategy": "free",
                                       "tasks": silent_tasks}], directory, env, inventory="h1,h2,h3")
         cases = module_cases(off, running, missing, canary, recorder.port, refused)
         roles = role_cases(private_daemon.uri, new_guest, off, canary, recorder.port)
-        plays = [
-            local_play([dict({"name": case.label, "hostcpu.libvirt.%s" % case.module: case.args}, ignore_errors=True)
-                        for case in cases]),
-            local_play([{"name": "facts for the roles", "hostcpu.libvirt.cpu_facts": {"uri": private_daemon.uri, "virt_types": ["qemu"]}}]
-                       + [role_block(case) for case in roles]
-                       + [{"name": "role results", "ansible.builtin.debug": {"var": "__rel_roles"}}]),
-        ]
-        main = run_playbook(plays, directory, env)
+        module_play = local_play([dict({"name": case.label, "hostcpu.libvirt.%s" % case.module: case.args}, ignore_errors=True)
+                                  for case in cases])
+        role_play = local_play([{"name": "facts for the roles", "hostcpu.libvirt.cpu_facts": {"uri": private_daemon.uri,
+                                                                                              "virt_types": ["qemu"]}}]
+                               + [role_block(case) for case in roles]
+                               + [{"name": "role results", "ansible.builtin.debug": {"var": "__rel_roles"}}])
+        role_run = start_playbook([role_play], directory, env)  # side by side: two cores
+        main = run_playbook([module_play], directory, env)
+        role_result = finish_playbook(role_run)
         silent_run = finish_playbook(background)
         after = snapshot(private_conn)
-        yield {"cases": cases, "roles": roles, "main": main, "silent": silent_run, "before": before, "after": after,
+        yield {"cases": cases, "roles": roles, "main": main, "role_run": role_result, "silent": silent_run, "before": before, "after": after,
                "system_before": system_names, "system_after": _system_domain_names(), "names": (off, running, missing, new_guest),
                "canary": canary, "recorder": recorder, "watch": watch}
     finally:
@@ -321,12 +326,25 @@ def test_every_module_case_fails_with_its_message(table):
             problems.append("%s: %r lacks %s" % (case.label, message[:400], case.words))
         elif "exception" in result or "module_stderr" in result or len(message) > 8100:
             problems.append("%s: not one clean message: %s" % (case.label, json.dumps(result)[:400]))
-    print("\nmodule cases: %d, ansible-playbook %.1f s" % (len(table["cases"]), table["main"].seconds))
+    print("\nmodule cases: %d, ansible-playbook %.1f s; slowest: %s" % (len(table["cases"]), table["main"].seconds,
+                                                                       ", ".join(_slowest(table["main"]))))
     assert not problems, "\n".join(problems)
 
 
+def _slowest(run, count: int = 6) -> List[str]:
+    """The slowest tasks of *run* with their seconds (what the table's time goes to)."""
+    def parse(text: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    def seconds(task: Dict[str, Any]) -> float:
+        span = task["task"]["duration"]
+        return (parse(span["end"]) - parse(span["start"])).total_seconds()
+    ranked = sorted(run.tasks(), key=seconds, reverse=True)[:count]
+    return ["%s %.1f s" % (task["task"]["name"], seconds(task)) for task in ranked]
+
+
 def test_every_role_case_fails_with_its_message(table):
-    results = table["main"].by_name(1)
+    results = table["role_run"].by_name(0)
     recorded = results["role results"]["__rel_roles"]
     problems = []
     for case in table["roles"]:
@@ -354,6 +372,7 @@ def test_a_uri_that_does_not_answer_times_out_clearly(table):
 
 def test_nothing_crashed(table):
     assert_no_crash(table["main"].text)
+    assert_no_crash(table["role_run"].text)
 
 
 def test_nothing_was_read_and_nobody_was_called(table):
