@@ -44,7 +44,9 @@ except ImportError:  # pragma: no cover - hypothesis is in requirements.txt
     _hypothesis_settings = None
 
 ROOT = Path(__file__).resolve().parents[2]
-COLLECTIONS = ROOT / ".collections"
+# HOSTCPU_COLLECTIONS: run Ansible on another copy of the collection (e.g. one without a fix, to see
+# a test fail); PYTHONPATH decides what the in-process tests import.
+COLLECTIONS = Path(os.environ.get("HOSTCPU_COLLECTIONS") or ROOT / ".collections")
 UNIT = ROOT / "tests" / "unit"
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 TEST_PREFIX = "hostcpu-test-"
@@ -400,25 +402,27 @@ def write_playbook(plays: List[Dict[str, Any]], directory: Path) -> Path:
 
 def run_playbook(plays: List[Dict[str, Any]], directory: Path, env: Optional[Dict[str, str]] = None,
                  inventory: str = "localhost,", extra: Optional[List[str]] = None, timeout: int = 600) -> PlaybookRun:
-    path = write_playbook(plays, directory)
-    began = time.monotonic()
-    proc = subprocess.run(playbook_command(path, inventory, extra), capture_output=True, text=True,
-                          env=ansible_env(env), cwd=str(directory), timeout=timeout, check=False)
-    return PlaybookRun(proc, time.monotonic() - began)
+    return finish_playbook(start_playbook(plays, directory, env, inventory, extra), timeout)
 
 
 def start_playbook(plays: List[Dict[str, Any]], directory: Path, env: Optional[Dict[str, str]] = None,
-                   inventory: str = "localhost,") -> Tuple[subprocess.Popen, float]:
-    """Start ansible-playbook in the background; finish it with finish_playbook."""
+                   inventory: str = "localhost,", extra: Optional[List[str]] = None) -> Tuple[subprocess.Popen, float]:
+    """Start ansible-playbook in the background (its own process group); finish it with finish_playbook."""
     path = write_playbook(plays, directory)
-    proc = subprocess.Popen(playbook_command(path, inventory), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ansible_env(env), cwd=str(directory))
+    proc = subprocess.Popen(playbook_command(path, inventory, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ansible_env(env), cwd=str(directory), start_new_session=True)
     return proc, time.monotonic()
 
 
 def finish_playbook(started: Tuple[subprocess.Popen, float], timeout: int = 600) -> PlaybookRun:
+    """Wait for the run; one that outlasts *timeout* is ended with its workers and modules (its process group)."""
     proc, began = started
-    stdout, stderr = proc.communicate(timeout=timeout)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("ansible-playbook did not finish within %d seconds (a task hangs)" % timeout) from None
     return PlaybookRun(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), time.monotonic() - began)
 
 
