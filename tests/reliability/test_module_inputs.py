@@ -133,6 +133,9 @@ def module_cases(off: str, running: str, missing: str, canary: Path, port: int, 
         "'host-passthrough' is not supported for qemu guests")
     add("domain_cpu cpu not a dict", "domain_cpu", {"name": off, "cpu": "host-model"}, "cpu", "dict")
     add("domain_cpu cpu unknown key", "domain_cpu", {"name": off, "cpu": {"mode": "host-model", "sockets": 2}}, "unknown cpu keys sockets")
+    add("domain_cpu cpu model a string", "domain_cpu", {"name": off, "cpu": {"mode": "custom", "model": "EPYC"}},
+        "cpu.model must be a mapping")
+    add("domain_cpu cpu topology a list", "domain_cpu", {"name": off, "cpu": {"topology": [1, 2, 1]}}, "cpu.topology must be a mapping")
     add("domain_cpu cpu and mode", "domain_cpu", {"name": off, "cpu": {"mode": "host-model"}, "mode": "maximum"}, "mutually exclusive")
     add("domain_cpu absent and mode", "domain_cpu", {"name": off, "state": "absent", "mode": "maximum"}, "state absent removes")
     add("domain_cpu unknown state", "domain_cpu", {"name": off, "state": "gone"}, "state", "present, absent")
