@@ -30,7 +30,7 @@ def fleet_baseline(hosts: Any, virt_type: Optional[str] = None, check: str = "fu
 def cpu_blockers(cpu: Any, host_facts: Any, virt_type: Optional[str] = None) -> Dict[str, Any]:
     """Whether *cpu* starts on the host of *host_facts*, and what blocks it when it does not."""
     try:
-        return cpu_verdict(cpu_input(cpu, "cpu_blockers"), select_entry(host_facts, virt_type))
+        return cpu_verdict(cpu_input(cpu), select_entry(host_facts, virt_type))
     except CPUError as exc:
         raise AnsibleFilterError("cpu_blockers: %s" % exc) from None
 

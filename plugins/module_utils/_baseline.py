@@ -73,10 +73,16 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     fingerprint,
     host_model_as_custom_xml,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import check_entry
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import (
+    DEFAULT_VIRT_TYPE,
+    check_entry,
+    cpu_input,
+    is_entry as _is_entry,
+    plain as _plain,
+    select_entry,
+)
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
-DEFAULT_VIRT_TYPE = "kvm"
 BASELINE_CHECKS = ("full", "partial")
 # A refusal can name features to drop; each round drops at least one, so this bounds the rounds.
 MAX_ROUNDS = 64
@@ -102,42 +108,6 @@ class HostRecord(NamedTuple):
 # inputs: whole facts, virt_types entries, records
 
 
-def _is_entry(value: Any) -> bool:
-    return isinstance(value, Mapping) and "modes" in value and "domain_type" in value
-
-
-def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host facts", strict: bool = True) -> Entry:
-    """The ``virt_types`` entry of *facts* for *virt_type*, or *facts* when it is an entry already.
-
-    *facts* is ``ansible_facts.hostcpu`` (or ``ansible_facts`` holding it); its virt type defaults
-    to kvm, as for the live_cpu filter. An entry of another virt type than *virt_type* is an error
-    when *strict*, else taken as it is (in a list of hosts, *virt_type* is for whole facts).
-    """
-    if virt_type is not None and virt_type not in VIRT_TYPES:
-        raise FleetError("%s: unknown virt type '%s'; valid virt types are: %s" % (what, virt_type, ", ".join(VIRT_TYPES)))
-    if not isinstance(facts, Mapping):
-        raise FleetError("%s must be ansible_facts.hostcpu from hostcpu.libvirt.cpu_facts (or one of its virt_types "
-                         "entries), got %s" % (what, type(facts).__name__))
-    if isinstance(facts.get("hostcpu"), Mapping):
-        facts = facts["hostcpu"]
-    if _is_entry(facts):
-        if strict and virt_type is not None and facts.get("domain_type") != virt_type:
-            raise FleetError("%s are those of virt type '%s', not '%s': pass the whole hostcpu facts or drop virt_type"
-                             % (what, facts.get("domain_type"), virt_type))
-        return check_entry(facts, what)
-    virt_types = facts.get("virt_types")
-    if not isinstance(virt_types, Mapping):
-        raise FleetError("%s have neither 'virt_types' nor 'modes': pass ansible_facts.hostcpu as set by "
-                         "hostcpu.libvirt.cpu_facts, or one entry of its virt_types" % what)
-    wanted = virt_type or DEFAULT_VIRT_TYPE
-    entry = virt_types.get(wanted)
-    if not _is_entry(entry):
-        offered = ", ".join(sorted(virt_types)) or "none"
-        raise FleetError("%s have no virt type '%s' (they have: %s); pass virt_type or probe that virt type with "
-                         "hostcpu.libvirt.cpu_facts" % (what, wanted, offered))
-    return check_entry(entry, what, wanted)
-
-
 def _record(item: Any, position: int, virt_type: Optional[str]) -> HostRecord:
     if isinstance(item, Mapping) and "facts" in item and not _is_entry(item):
         name = str(item.get("name") or item.get("host") or "host %d" % (position + 1))
@@ -157,29 +127,6 @@ def host_records(hosts: Any, virt_type: Optional[str] = None) -> List[HostRecord
         raise FleetError("the hosts must be a list of host facts (ansible_facts.hostcpu, one of its virt_types entries, "
                          "or {name, facts, virt_type}) or a mapping of host name to facts, got %s" % type(hosts).__name__)
     return [_record(item, position, virt_type) for position, item in enumerate(hosts)]
-
-
-def cpu_input(cpu: Any, what: str) -> CPUDict:
-    """A CPU dict, ``<cpu>`` (or ``<domain>``) XML text, or nothing (no ``<cpu>``: libvirt's default)."""
-    if cpu is None or (isinstance(cpu, str) and not cpu.strip()):
-        return {}
-    if isinstance(cpu, (str, bytes)):
-        return cpu_from_xml(cpu)
-    if isinstance(cpu, Mapping):
-        return _plain(cpu)
-    raise FleetError("%s: the CPU must be a CPU dict (like {mode: host-model}) or <cpu> XML text, got %s"
-                     % (what, type(cpu).__name__))
-
-
-def _plain(value: Any) -> Any:
-    """Templar containers and unsafe strings -> plain dict/list/str."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, str):
-        return str(value)
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -712,7 +659,7 @@ def _guest_cpu(guest: Any, fleet_cpu: Optional[CPUDict]) -> CPUDict:
         if fleet_cpu is None:
             raise FleetError("guest %s asks for the fleet CPU, but there is none (see the baseline's error)" % guest["name"])
         return fleet_cpu
-    return cpu_input(cpu, "guest %s" % guest["name"])
+    return cpu_input(cpu, "the CPU of guest %s" % guest["name"])
 
 
 def _short(verdict: Mapping[str, Any]) -> Dict[str, Any]:

@@ -14,9 +14,13 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, List, Optional, Tuple
 
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import CPUDefinitionError, CPUDict, cpu_from_xml
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT_TYPES
 
 FIX = "gather them again with hostcpu.libvirt.cpu_facts"
+DEFAULT_VIRT_TYPE = "kvm"
+Entry = Mapping[str, Any]
 
 
 class FactsShapeError(CPUError):
@@ -165,3 +169,69 @@ def check_entry(entry: Mapping, what: str = "the host facts", virt_type: Optiona
     while len(_CHECKED) > CHECKED_CACHE_SIZE:
         _CHECKED.popitem(last=False)
     return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# what filters, tests and the fleet accept: whole facts or one entry, a CPU dict or XML
+
+
+def is_entry(value: Any) -> bool:
+    return isinstance(value, Mapping) and "modes" in value and "domain_type" in value
+
+
+def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host facts", strict: bool = True) -> Entry:
+    """The ``virt_types`` entry of *facts* for *virt_type*, or *facts* when it is an entry already.
+
+    *facts* is ``ansible_facts.hostcpu`` (or ``ansible_facts`` holding it); its virt type defaults
+    to kvm, as for the live_cpu filter. An entry of another virt type than *virt_type* is an error
+    when *strict*, else taken as it is (in a list of hosts, *virt_type* is for whole facts).
+    """
+    if virt_type is not None and virt_type not in VIRT_TYPES:
+        raise FactsShapeError("%s: unknown virt type '%s'; valid virt types are: %s" % (what, virt_type, ", ".join(VIRT_TYPES)))
+    if not isinstance(facts, Mapping):
+        raise FactsShapeError("%s must be ansible_facts.hostcpu from hostcpu.libvirt.cpu_facts (or one of its virt_types "
+                         "entries), got %s" % (what, type(facts).__name__))
+    if isinstance(facts.get("hostcpu"), Mapping):
+        facts = facts["hostcpu"]
+    if is_entry(facts):
+        if strict and virt_type is not None and facts.get("domain_type") != virt_type:
+            raise FactsShapeError("%s are those of virt type '%s', not '%s': pass the whole hostcpu facts or drop virt_type"
+                             % (what, facts.get("domain_type"), virt_type))
+        return check_entry(facts, what)
+    virt_types = facts.get("virt_types")
+    if not isinstance(virt_types, Mapping):
+        raise FactsShapeError("%s have neither 'virt_types' nor 'modes': pass ansible_facts.hostcpu as set by "
+                         "hostcpu.libvirt.cpu_facts, or one entry of its virt_types" % what)
+    wanted = virt_type or DEFAULT_VIRT_TYPE
+    entry = virt_types.get(wanted)
+    if wanted in virt_types and not is_entry(entry):
+        raise FactsShapeError("%s: virt_types.%s is not a virt type entry of hostcpu.libvirt.cpu_facts; %s" % (what, wanted, FIX))
+    if not is_entry(entry):
+        offered = ", ".join(sorted(virt_types)) or "none"
+        suggestion = "virt_type='%s'" % sorted(virt_types)[0] if virt_types else "virt_type"
+        raise FactsShapeError("%s have no virt type '%s' (they have: %s); pass %s or probe that virt type with "
+                              "hostcpu.libvirt.cpu_facts" % (what, wanted, offered, suggestion))
+    return check_entry(entry, what, wanted)
+
+
+def cpu_input(cpu: Any, what: str = "the CPU") -> CPUDict:
+    """A CPU dict, ``<cpu>`` (or ``<domain>``) XML text, or nothing (no ``<cpu>``: libvirt's default)."""
+    if cpu is None or (isinstance(cpu, str) and not cpu.strip()):
+        return {}
+    if isinstance(cpu, (str, bytes)):
+        return cpu_from_xml(cpu)
+    if isinstance(cpu, Mapping):
+        return plain(cpu)
+    raise CPUDefinitionError("%s must be a CPU dict (like {mode: host-model}) or <cpu> XML text, got %s"
+                             % (what, type(cpu).__name__))
+
+
+def plain(value: Any) -> Any:
+    """Templar containers and unsafe strings -> plain dict/list/str."""
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, str):
+        return str(value)
+    return value

@@ -15,7 +15,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPU
 def runs_on(cpu: Any, host_facts: Any, virt_type: Optional[str] = None) -> bool:
     """True when a guest with *cpu* starts on the host of *host_facts* (the live-CPU prediction accepts it)."""
     try:
-        return _runs_on(cpu_input(cpu, "runs_on"), select_entry(host_facts, virt_type))
+        return _runs_on(cpu_input(cpu), select_entry(host_facts, virt_type))
     except CPUError as exc:
         raise AnsibleFilterError("runs_on: %s" % exc) from None
 

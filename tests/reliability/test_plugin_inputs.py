@@ -352,7 +352,7 @@ def test_through_ansible_templating(facts, sentinels, tmp_path):
         ("cpu_from_xml surrogate", "{{ surrogate_json | from_json | hostcpu.libvirt.cpu_from_xml }}", "cpu xml is not valid text"),
         ("cpu_xml bad mode", "{{ {'mode': 'bogus'} | hostcpu.libvirt.cpu_xml }}", "cpu_xml: mode 'bogus' is not valid"),
         ("live_cpu damaged facts", "{{ {'mode': 'host-model'} | hostcpu.libvirt.live_cpu(damaged, 'qemu') }}",
-         "live_cpu: the host facts (virt type qemu) are damaged: modes must be a mapping"),
+         "live_cpu: host_facts (virt type qemu) are damaged: modes must be a mapping"),
         ("live_cpu external dtd", "{{ dtd | hostcpu.libvirt.live_cpu(facts, 'qemu') }}", "live_cpu: cpu xml contains a doctype"),
         ("live_cpu xen", "{{ {'mode': 'host-model'} | hostcpu.libvirt.live_cpu(facts, 'xen') }}", "unknown virt type 'xen'"),
         ("fleet_baseline empty", "{{ [] | hostcpu.libvirt.fleet_baseline }}", "fleet_baseline: the list of hosts is empty"),

@@ -106,8 +106,8 @@ def test_live_cpu_refuses_what_is_not_a_cpu(facts, cpu, message):
 @pytest.mark.parametrize("host_facts, virt_type, message", [
     (None, "kvm", "host_facts must be ansible_facts.hostcpu from hostcpu.libvirt.cpu_facts"),
     (["kvm"], "kvm", "got list"),
-    ({"arch": "x86_64"}, "kvm", "host_facts has neither 'virt_types' nor 'modes'"),
-    ({"virt_types": {"kvm": "yes"}}, "kvm", "host_facts.virt_types.kvm is not a virt type entry"),
+    ({"arch": "x86_64"}, "kvm", "host_facts have neither 'virt_types' nor 'modes'"),
+    ({"virt_types": {"kvm": "yes"}}, "kvm", "host_facts: virt_types.kvm is not a virt type entry"),
 ])
 def test_live_cpu_refuses_facts_of_the_wrong_shape(host_facts, virt_type, message):
     with pytest.raises(AnsibleFilterError, match=message.replace("(", r"\(").replace(")", r"\)")):

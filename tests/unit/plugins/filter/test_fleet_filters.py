@@ -62,7 +62,7 @@ def test_cpu_blockers(facts):
 
 
 @pytest.mark.parametrize("cpu, virt_type, message", [
-    (3, None, "cpu_blockers: cpu_blockers: the CPU must be a CPU dict"),
+    (3, None, "cpu_blockers: the CPU must be a CPU dict"),
     ("<domain><cpu mode='bogus'/></domain>", None, "cpu_blockers: mode 'bogus' is not valid"),
     ({"mode": "host-model"}, "xen", "cpu_blockers: host facts: unknown virt type 'xen'"),
 ])

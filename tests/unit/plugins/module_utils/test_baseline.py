@@ -31,6 +31,8 @@ from fleet_facts import (
 )
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils import _baseline
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import FactsShapeError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._baseline import (
     FleetError,
     HostRecord,
@@ -276,7 +278,7 @@ def test_select_entry_forms(facts):
 def test_select_entry_refuses(facts, value, virt_type, message):
     values = {"kvm-entry": facts["virt_types"]["kvm"], "facts-dict": facts, "foo": {"foo": 1},
               "no-qemu": {"virt_types": {"kvm": facts["virt_types"]["kvm"]}}}
-    with pytest.raises(FleetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(FactsShapeError, match=message.replace("(", r"\(").replace(")", r"\)")):
         select_entry(values.get(value, value), virt_type)
 
 
@@ -287,7 +289,7 @@ def test_host_records_forms(facts):
     assert [(r.name, r.entry["domain_type"]) for r in listed] == [("host 1", "kvm"), ("x", "qemu")]
     with pytest.raises(FleetError, match="must be a list of host facts"):
         host_records("kvm")
-    with pytest.raises(FleetError, match="the facts of host 2 have neither"):
+    with pytest.raises(FactsShapeError, match="the facts of host 2 have neither"):
         host_records([facts, {"x": 1}])
 
 
@@ -463,7 +465,7 @@ def test_compatibility_refusals(fleet):
         compatibility(fleet, [], ["nowhere"])
     with pytest.raises(FleetError, match="each guest must be a mapping with a name"):
         compatibility(fleet, [{"cpu": {}}])
-    with pytest.raises(FleetError, match="guest x: the CPU must be a CPU dict"):
+    with pytest.raises(CPUError, match="the CPU of guest x must be a CPU dict"):
         compatibility(fleet, [{"name": "x", "cpu": 3}])
 
 
