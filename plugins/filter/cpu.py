@@ -19,6 +19,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPU
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import predict_live_cpu
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import cpu_input, plain, select_entry
 
+
 def _virt_type_entry(host_facts: Any, virt_type: Optional[str]) -> Mapping:
     """One ``virt_types`` entry from the whole ``hostcpu`` facts (or ansible_facts), or the entry itself."""
     try:

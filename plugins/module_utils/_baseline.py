@@ -51,7 +51,6 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Op
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     CPUDict,
-    cpu_from_xml,
     cpu_to_xml,
     normalize_cpu,
     ordered,
@@ -69,13 +68,10 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import 
     read_cpu_map_files,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
-    VIRT_TYPES,
     fingerprint,
     host_model_as_custom_xml,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import (
-    DEFAULT_VIRT_TYPE,
-    check_entry,
     cpu_input,
     is_entry as _is_entry,
     plain as _plain,

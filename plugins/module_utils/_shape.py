@@ -190,18 +190,18 @@ def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host 
         raise FactsShapeError("%s: unknown virt type '%s'; valid virt types are: %s" % (what, virt_type, ", ".join(VIRT_TYPES)))
     if not isinstance(facts, Mapping):
         raise FactsShapeError("%s must be ansible_facts.hostcpu from hostcpu.libvirt.cpu_facts (or one of its virt_types "
-                         "entries), got %s" % (what, type(facts).__name__))
+                              "entries), got %s" % (what, type(facts).__name__))
     if isinstance(facts.get("hostcpu"), Mapping):
         facts = facts["hostcpu"]
     if is_entry(facts):
         if strict and virt_type is not None and facts.get("domain_type") != virt_type:
             raise FactsShapeError("%s are those of virt type '%s', not '%s': pass the whole hostcpu facts or drop virt_type"
-                             % (what, facts.get("domain_type"), virt_type))
+                                  % (what, facts.get("domain_type"), virt_type))
         return check_entry(facts, what)
     virt_types = facts.get("virt_types")
     if not isinstance(virt_types, Mapping):
         raise FactsShapeError("%s have neither 'virt_types' nor 'modes': pass ansible_facts.hostcpu as set by "
-                         "hostcpu.libvirt.cpu_facts, or one entry of its virt_types" % what)
+                              "hostcpu.libvirt.cpu_facts, or one entry of its virt_types" % what)
     wanted = virt_type or DEFAULT_VIRT_TYPE
     entry = virt_types.get(wanted)
     if wanted in virt_types and not is_entry(entry):
