@@ -351,16 +351,37 @@ def machine_text(described: Dict[str, Any]) -> str:
                described["ansible"], described["ansible_core"], described["virt_xml"] or "missing"))
 
 
+OTHER_WORK = re.compile(r"\b(pytest|py\.test|molecule|ansible-test|ansible-lint)\b")
+
+
+def other_work() -> int:
+    """Test suites running on this machine beside the bench (pytest, molecule, ansible-test, ansible-lint)."""
+    found = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        found += bool(OTHER_WORK.search(command))
+    return found
+
+
 class LoadSampler:
-    """The 1-minute load average at each mark, to say how busy the machine was during a section."""
+    """The 1-minute load average at each mark (the bench itself keeps about one core busy), and whether
+    other test suites ran meanwhile, to say how busy the machine was."""
 
     def __init__(self) -> None:
         self.samples: List[float] = []
+        self.others: List[int] = []
 
     def mark(self) -> None:
         self.samples.append(round(os.getloadavg()[0], 2))
+        self.others.append(other_work())
 
     def summary(self) -> Dict[str, float]:
         if not self.samples:
             return {}
-        return {"min": min(self.samples), "median": round(median(self.samples), 2), "max": max(self.samples)}
+        return {"min": min(self.samples), "median": round(median(self.samples), 2), "max": max(self.samples),
+                "samples": len(self.samples), "with_other_suites": sum(1 for count in self.others if count)}

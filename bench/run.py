@@ -308,7 +308,9 @@ def render(results: Dict[str, Any]) -> str:
     lines = ["# hostcpu.libvirt benchmarks", "",
              "Run %s (%s), %.0f s. Machine: %s." % (results["finished"], " ".join(results["command"]), results["seconds"],
                                                     machine_text(results["machine"])),
-             "Load average (1 min) during the run: min %s, median %s, max %s." % (load.get("min"), load.get("median"), load.get("max")),
+             "Load average (1 min) during the run: min %s, median %s, max %s (the bench itself keeps about one core busy); other "
+             "test suites were running at %s of %s samples." % (load.get("min"), load.get("median"), load.get("max"),
+                                                                load.get("with_other_suites"), load.get("samples")),
              "", "## Targets", ""] + targets_table(results["targets"]) + ["", "## Figures", ""]
     if "converge" in results:
         lines += converge_lines(results["converge"])
@@ -325,9 +327,10 @@ def readme_block(results: Dict[str, Any]) -> str:
     """The short summary README.md shows: machine, targets, and where the full figures are."""
     load = results["load"]
     lines = [README_START, "",
-             "Measured %s with `make bench` on %s; load average %s-%s during the run. Full figures: "
-             "[bench/results/latest.md](bench/results/latest.md)." % (results["finished"][:10], machine_text(results["machine"]),
-                                                                      load.get("min"), load.get("max")), ""]
+             "Measured %s with `make bench` on %s; load average %s-%s during the run (other test suites running at %s of %s "
+             "samples). Full figures: [bench/results/latest.md](bench/results/latest.md)."
+             % (results["finished"][:10], machine_text(results["machine"]), load.get("min"), load.get("max"),
+                load.get("with_other_suites"), load.get("samples")), ""]
     lines += targets_table(results["targets"])
     entry = size_entry(results, 50)
     if entry:
