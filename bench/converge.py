@@ -357,16 +357,24 @@ class SizeRun:
             self.domains.remove(self.names)
 
 
+def schedule(repeat: int, slow: int) -> List[str]:
+    """The order of the runs: (a)'s repetitions spread evenly between the slow methods' (which take minutes),
+    so that a burst of load from elsewhere on the machine does not fall on all of (a)'s runs at once."""
+    slow_runs = [method for _ in range(slow) for method in ("b", "c", "d")]
+    total = len(slow_runs) + repeat
+    a_slots = {index * total // repeat for index in range(repeat)} if repeat else set()
+    order, pending = [], iter(slow_runs)
+    for slot in range(total):
+        order.append("a" if slot in a_slots else next(pending))
+    return order
+
+
 def measure_size(conn, count: int, plan: Dict[str, Any], log: Log, load: LoadSampler, profile_dir: Optional[Path] = None) -> Dict[str, Any]:
     """(a) and the floor *plan["repeat"]* times; (b), (c), (d) *plan["slow"]* times (first runs only when plan["slow_first"])."""
     size = SizeRun(conn, count, log, load)
     try:
-        for index in range(max(plan["repeat"], plan["slow"])):
-            if index < plan["repeat"]:
-                size.method("a", True)
-            if index < plan["slow"]:
-                for method in ("b", "c", "d"):
-                    size.method(method, plan["slow_first"])
+        for method in schedule(plan["repeat"], plan["slow"]):
+            size.method(method, method == "a" or plan["slow_first"])
         process, profile = size.module_process(plan["repeat"], profile_dir)
         summary = summarize(count, size.samples, process)
         if profile:
