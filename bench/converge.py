@@ -360,7 +360,7 @@ class SizeRun:
 def schedule(repeat: int, slow: int) -> List[str]:
     """The order of the runs: (a)'s repetitions spread evenly between the slow methods' (which take minutes),
     so that a burst of load from elsewhere on the machine does not fall on all of (a)'s runs at once."""
-    slow_runs = [method for _ in range(slow) for method in ("b", "c", "d")]
+    slow_runs = [method for _round in range(slow) for method in ("b", "c", "d")]
     total = len(slow_runs) + repeat
     a_slots = {index * total // repeat for index in range(repeat)} if repeat else set()
     order, pending = [], iter(slow_runs)
