@@ -368,6 +368,19 @@ def other_work() -> int:
     return found
 
 
+def reference_loop_ms(rounds: int = 3) -> float:
+    """A fixed pure-Python loop (best of *rounds*): how fast this machine's CPU is right now. On a shared
+    (virtual) machine it changes over time; runs are comparable when it is about the same."""
+    best = float("inf")
+    for _round in range(rounds):
+        start = time.perf_counter()
+        total = 0
+        for number in range(3000000):
+            total += number
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 1)
+
+
 class LoadSampler:
     """The 1-minute load average at each mark (the bench itself keeps about one core busy), and whether
     other test suites ran meanwhile, to say how busy the machine was."""

@@ -32,8 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # pylint: disable=wrong-import-position
-from common import (ROOT, URI, BenchError, LoadSampler, leftover_bench_domains, machine, machine_text, seconds_text,  # noqa: E402
-                    silence_libvirt, terminate_as_interrupt)
+from common import (ROOT, URI, BenchError, LoadSampler, leftover_bench_domains, machine, machine_text, reference_loop_ms,  # noqa: E402
+                    seconds_text, silence_libvirt, terminate_as_interrupt)
 
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
@@ -311,6 +311,9 @@ def render(results: Dict[str, Any]) -> str:
              "Load average (1 min) during the run: min %s, median %s, max %s (the bench itself keeps about one core busy); other "
              "test suites were running at %s of %s samples." % (load.get("min"), load.get("median"), load.get("max"),
                                                                 load.get("with_other_suites"), load.get("samples")),
+             "CPU speed: a fixed pure-Python reference loop took %s ms at the start and %s ms at the end (a shared virtual machine "
+             "is not always as fast; compare runs with similar figures)." % (
+                 results["reference_loop_ms"]["start"], results["reference_loop_ms"]["end"]),
              "", "## Targets", ""] + targets_table(results["targets"]) + ["", "## Figures", ""]
     if "converge" in results:
         lines += converge_lines(results["converge"])
@@ -395,7 +398,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.perf_counter()
     results: Dict[str, Any] = {"machine": machine(conn), "command": ["bench/run.py"] + (argv if argv is not None else sys.argv[1:]),
                                "settings": {key: value for key, value in vars(args).items() if key != "output"}}
-    log("bench on %s; load average %s" % (machine_text(results["machine"]), load.samples[-1]))
+    results["reference_loop_ms"] = {"start": reference_loop_ms()}
+    log("bench on %s; load average %s; reference loop %s ms" % (
+        machine_text(results["machine"]), load.samples[-1], results["reference_loop_ms"]["start"]))
     try:
         run_sections(args, conn, load, results)
     except KeyboardInterrupt:
@@ -405,6 +410,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log("bench: %s (its domains were removed)" % exc)
         return 1
     load.mark()
+    results["reference_loop_ms"]["end"] = reference_loop_ms()
     results["seconds"] = time.perf_counter() - started
     results["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results["load"] = load.summary()
