@@ -55,9 +55,9 @@ def fleet(hosts: int, kinds: int, seed: int) -> list:
 def clear_caches() -> None:
     """Every cache of the collection's code, as in the fresh Ansible worker that runs the task (plugins are imported already)."""
     _baseline._VIEWS.clear()  # pylint: disable=protected-access
-    _baseline._FACTS_MAPS.clear()  # pylint: disable=protected-access
     _baseline._CONTROLLER_MAP.clear()  # pylint: disable=protected-access
     _expansion._CONTEXTS.clear()  # pylint: disable=protected-access
+    _expansion._CPU_MAPS.clear()  # pylint: disable=protected-access
     _shape._CHECKED.clear()  # pylint: disable=protected-access
 
 

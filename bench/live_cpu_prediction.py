@@ -49,6 +49,7 @@ def one_round(facts: dict, cases: list, cold: bool) -> float:
     for virt_type, cpu in cases:
         if cold:
             _expansion._CONTEXTS.clear()  # pylint: disable=protected-access
+            _expansion._CPU_MAPS.clear()  # pylint: disable=protected-access
             _shape._CHECKED.clear()  # pylint: disable=protected-access
         try:
             live_cpu(cpu, facts, virt_type)

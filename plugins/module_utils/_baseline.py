@@ -64,6 +64,8 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import 
     ExpansionDataError,
     GuestWouldNotStart,
     cpu_map_from_xml,
+    context_for,
+    cpu_map_of,
     predict_live_cpu,
     read_cpu_map_files,
 )
@@ -75,6 +77,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import (
     cpu_input,
     is_entry as _is_entry,
     plain as _plain,
+    select_entries,
     select_entry,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
@@ -104,25 +107,29 @@ class HostRecord(NamedTuple):
 # inputs: whole facts, virt_types entries, records
 
 
-def _record(item: Any, position: int, virt_type: Optional[str]) -> HostRecord:
+def _source(item: Any, position: int, virt_type: Optional[str]) -> Tuple[str, Tuple[Any, Optional[str], str, bool]]:
+    """The host's name and what ``select_entries`` needs: its facts, virt type, label and strictness
+    (a record's own virt type must match its facts; the list's is for whole facts only)."""
     if isinstance(item, Mapping) and "facts" in item and not _is_entry(item):
         name = str(item.get("name") or item.get("host") or "host %d" % (position + 1))
         if item.get("virt_type") is not None:
-            return HostRecord(name, select_entry(item["facts"], item["virt_type"], "the facts of %s" % name))
-        return HostRecord(name, select_entry(item["facts"], virt_type, "the facts of %s" % name, strict=False))
+            return name, (item["facts"], item["virt_type"], "the facts of %s" % name, True)
+        return name, (item["facts"], virt_type, "the facts of %s" % name, False)
     name = "host %d" % (position + 1)
-    return HostRecord(name, select_entry(item, virt_type, "the facts of %s" % name, strict=False))
+    return name, (item, virt_type, "the facts of %s" % name, False)
 
 
 def host_records(hosts: Any, virt_type: Optional[str] = None) -> List[HostRecord]:
     """Labelled entries from a list (facts, entries or ``{name, facts, virt_type}``) or ``{name: facts}``."""
     if isinstance(hosts, Mapping) and not _is_entry(hosts) and "virt_types" not in hosts and "hostcpu" not in hosts:
-        return [HostRecord(str(name), select_entry(facts, virt_type, "the facts of %s" % name, strict=False))
-                for name, facts in hosts.items()]
-    if isinstance(hosts, (str, bytes)) or not isinstance(hosts, Sequence):
+        sources = [(str(name), (facts, virt_type, "the facts of %s" % name, False)) for name, facts in hosts.items()]
+    elif isinstance(hosts, (str, bytes)) or not isinstance(hosts, Sequence):
         raise FleetError("the hosts must be a list of host facts (ansible_facts.hostcpu, one of its virt_types entries, "
                          "or {name, facts, virt_type}) or a mapping of host name to facts, got %s" % type(hosts).__name__)
-    return [_record(item, position, virt_type) for position, item in enumerate(hosts)]
+    else:
+        sources = [_source(item, position, virt_type) for position, item in enumerate(hosts)]
+    entries = select_entries([source for _name, source in sources])
+    return [HostRecord(name, entry) for (name, _source_), entry in zip(sources, entries)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,20 +137,11 @@ def host_records(hosts: Any, virt_type: Optional[str] = None) -> List[HostRecord
 
 
 _CONTROLLER_MAP: Dict[str, CPUMap] = {}
-_FACTS_MAPS: Dict[Any, CPUMap] = {}
-
-
 def _facts_map(entry: Entry) -> Optional[CPUMap]:
     data = entry.get("expansion")
     if not isinstance(data, Mapping) or "models" not in data or "features" not in data:
         return None
-    # One libvirt version has one CPU map: hosts of many kinds share it.
-    key = (entry.get("libvirt_version"), len(data["models"]), tuple(data["features"]))
-    cpu_map = _FACTS_MAPS.get(key)
-    if cpu_map is None:
-        cpu_map = CPUMap.from_facts(data)
-        _FACTS_MAPS[key] = cpu_map
-    return cpu_map
+    return cpu_map_of(data)
 
 
 def controller_cpu_map() -> CPUMap:
@@ -207,21 +205,31 @@ def _expansion_data(entry: Entry) -> Optional[Mapping[str, Any]]:
     return data if isinstance(data, Mapping) and "qemu" in data else None
 
 
-def host_key(entry: Entry) -> str:
-    """Fingerprint of the entry (domcapabilities) and of its expansion data (QEMU's measured behaviour)."""
+def _identity(entry: Entry) -> Tuple[Any, ...]:
+    """What makes hosts equal for the baseline: the entry's fingerprint (domcapabilities), its expansion
+    data's fingerprint (QEMU's measured behaviour), virt type, arch and migratable host-model CPU."""
     entry_fingerprint = entry.get("fingerprint") or fingerprint(entry)
     data = _expansion_data(entry)
     data_fingerprint = data.get("fingerprint") if data else None
     if data is not None and not data_fingerprint:
         data_fingerprint = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()
     migratable = entry.get("host_model_migratable") or {}
-    text = json.dumps([entry_fingerprint, data_fingerprint, entry.get("domain_type"), entry.get("arch"),
-                       [(f.get("name"), f.get("policy")) for f in migratable.get("features") or ()]], default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return (entry_fingerprint, data_fingerprint, entry.get("domain_type"), entry.get("arch"),
+            tuple((f.get("name"), f.get("policy")) for f in migratable.get("features") or ()))
 
 
-def _predicted_host_features(entry: Entry, cpu_map: CPUMap) -> Tuple[FrozenSet[str], Tuple[str, ...]]:
+def _key_of(identity: Tuple[Any, ...]) -> str:
+    return hashlib.sha256(json.dumps(identity, default=str).encode("utf-8")).hexdigest()
+
+
+def host_key(entry: Entry) -> str:
+    """Fingerprint of the entry (domcapabilities) and of its expansion data (QEMU's measured behaviour)."""
+    return _key_of(_identity(entry))
+
+
+def _predicted_host_features(entry: Entry) -> Tuple[FrozenSet[str], Tuple[str, ...]]:
     """Enabled features of the predicted live host-model CPU, with the prediction's fix when refused."""
+    cpu_map = context_for(entry).map
     cpu: CPUDict = {"mode": "host-model"}
     fix: List[str] = []
     for _attempt in range(4):
@@ -262,10 +270,10 @@ def _build_view(key: str, entry: Entry) -> HostView:
     models = (entry.get("modes") or {}).get("custom", {}).get("models") or ()
     usable = frozenset(model["name"] for model in models if model.get("usable") is True)
     vendors = {model["name"]: _model_vendor(model) for model in models}
-    cpu_map = _facts_map(entry)
-    predictable = _expansion_data(entry) is not None and cpu_map is not None
+    data = _expansion_data(entry)
+    predictable = data is not None and "models" in data and "features" in data
     if predictable:
-        features, fix = _predicted_host_features(entry, cpu_map)
+        features, fix = _predicted_host_features(entry)
         source = "predicted host-model"
     else:
         features, fix = _expanded_host_features(entry), ()
@@ -274,20 +282,23 @@ def _build_view(key: str, entry: Entry) -> HostView:
                     features, source, fix, predictable)
 
 
-_VIEWS: "OrderedDict[str, HostView]" = OrderedDict()
+_VIEWS: "OrderedDict[Tuple[Any, ...], HostView]" = OrderedDict()
 VIEW_CACHE_SIZE = 4096
 
 
-def host_view(entry: Entry) -> HostView:
-    """The HostView of *entry*, cached by ``host_key``."""
-    key = host_key(entry)
-    view = _VIEWS.get(key)
+def _cached_view(identity: Tuple[Any, ...], entry: Entry) -> HostView:
+    view = _VIEWS.get(identity)
     if view is None:
-        view = _build_view(key, entry)
-        _VIEWS[key] = view
+        view = _build_view(_key_of(identity), entry)
+        _VIEWS[identity] = view
         while len(_VIEWS) > VIEW_CACHE_SIZE:
             _VIEWS.popitem(last=False)
     return view
+
+
+def host_view(entry: Entry) -> HostView:
+    """The HostView of *entry*, cached by what ``host_key`` hashes."""
+    return _cached_view(_identity(entry), entry)
 
 
 class DistinctHost(NamedTuple):
@@ -300,17 +311,17 @@ class DistinctHost(NamedTuple):
 
 def distinct_hosts(records: Sequence[HostRecord]) -> List[DistinctHost]:
     """Hosts with the same key, in order of first appearance; the error names the host that failed."""
-    found: "OrderedDict[str, DistinctHost]" = OrderedDict()
+    found: "OrderedDict[Tuple[Any, ...], DistinctHost]" = OrderedDict()
     for record in records:
-        key = host_key(record.entry)
-        if key in found:
-            found[key].names.append(record.name)
+        identity = _identity(record.entry)
+        if identity in found:
+            found[identity].names.append(record.name)
             continue
         try:
-            view = host_view(record.entry)
+            view = _cached_view(identity, record.entry)
         except FleetError as exc:
             raise FleetError("%s: %s" % (record.name, exc)) from None
-        found[key] = DistinctHost(view, record.entry, [record.name])
+        found[identity] = DistinctHost(view, record.entry, [record.name])
     return list(found.values())
 
 

@@ -1,0 +1,124 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a fleet shares between its hosts: the decoded CPU map, the prediction contexts, the checks
+of facts that claim (by their fingerprints) to be a host already checked. Counted, not timed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from typing import Any, Dict, List
+
+import pytest
+
+from fleet_facts import real_facts, variant
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _baseline, _expansion, _shape
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import FactsShapeError, entry_identity, select_entries
+
+
+@pytest.fixture(autouse=True)
+def empty_caches():
+    for cache in (_baseline._VIEWS, _expansion._CONTEXTS, _expansion._CPU_MAPS, _shape._CHECKED):  # pylint: disable=protected-access
+        cache.clear()
+    yield
+
+
+def copies(entry: Dict[str, Any], count: int) -> List[Dict[str, Any]]:
+    """Separate copies, as hostvars hold each host's facts."""
+    return [json.loads(json.dumps(entry)) for _ in range(count)]
+
+
+def kinds(count: int, seed: int = 3) -> List[Dict[str, Any]]:
+    rng = random.Random(seed)
+    entry = real_facts()["virt_types"]["qemu"]
+    return [variant(entry, rng, rng.randint(1, 4)) for _ in range(count)]
+
+
+def count_calls(monkeypatch, owner: Any, name: str) -> List[int]:
+    calls = [0]
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_hosts_with_one_cpu_map_share_its_decoding(monkeypatch):
+    hosts = kinds(6)
+    decoded = count_calls(monkeypatch, _expansion.CPUMap, "from_facts")
+    contexts = [_expansion.context_for(entry) for entry in hosts]
+    assert len({id(context) for context in contexts}) == 6
+    assert len({id(context.map) for context in contexts}) == 1
+    assert decoded[0] == 1
+
+
+def test_a_different_cpu_map_is_decoded_on_its_own():
+    first, second = copies(real_facts()["virt_types"]["qemu"], 2)
+    models = second["expansion"]["models"]
+    name = next(iter(models))
+    models[name]["features"] = _expansion.to_hex(_expansion.from_hex(models[name]["features"], name) ^ 1)
+    second["expansion"]["fingerprint"] = "changed-map"
+    one, other = _expansion.context_for(first), _expansion.context_for(second)
+    assert one.map is not other.map
+    assert one.map.models[name].mask ^ 1 == other.map.models[name].mask
+
+
+def test_fleet_baseline_decodes_each_distinct_host_once(monkeypatch):
+    hosts = kinds(40)
+    built = count_calls(monkeypatch, _expansion, "Context")
+    records = [_baseline.HostRecord("h%d" % index, entry) for index, entry in enumerate(hosts)]
+    distinct = len({_baseline.host_key(entry) for entry in hosts})
+    _baseline.fleet_baseline(records)
+    assert built[0] == distinct > 30
+
+
+def test_copies_of_one_host_are_checked_once(monkeypatch):
+    checked = count_calls(monkeypatch, _shape, "entry_problems")
+    entries = copies(real_facts()["virt_types"]["kvm"], 50) + copies(real_facts()["virt_types"]["qemu"], 50)
+    selected = select_entries([(entry, None, "the facts of h%d" % index, False) for index, entry in enumerate(entries)])
+    assert [id(entry) for entry in selected] == [id(entry) for entry in entries]
+    assert checked[0] == 2
+
+
+def test_a_damaged_copy_with_its_own_fingerprint_is_refused_naming_the_host():
+    good, damaged = copies(real_facts()["virt_types"]["kvm"], 2)
+    damaged["modes"]["custom"]["models"][2]["usable"] = "yes"
+    damaged["expansion"]["fingerprint"] = "edited"
+    with pytest.raises(FactsShapeError, match="the facts of h2 .*modes.custom.models"):
+        select_entries([(good, None, "the facts of h1", False), (damaged, None, "the facts of h2", False)])
+
+
+def test_a_copy_claiming_a_checked_hosts_fingerprints_is_that_host():
+    """Its other keys are never read: the fleet works on the first entry of each identity."""
+    good, claimed = copies(real_facts()["virt_types"]["kvm"], 2)
+    claimed["modes"]["custom"]["models"][2]["usable"] = "yes"
+    assert entry_identity(claimed) == entry_identity(good)
+    records = [_baseline.HostRecord("h1", good), _baseline.HostRecord("h2", claimed)]
+    assert select_entries([(good, None, "h1", False), (claimed, None, "h2", False)]) == [good, claimed]
+    assert _baseline.fleet_baseline(records).cpu == _baseline.fleet_baseline(records[:1]).cpu
+    with pytest.raises(FactsShapeError, match="modes.custom.models"):
+        select_entries([(claimed, None, "h2", False)])
+
+
+@pytest.mark.parametrize("damage", [
+    lambda entry: entry.pop("fingerprint"),
+    lambda entry: entry.update(fingerprint=""),
+    lambda entry: entry["expansion"].update(fingerprint=7),
+    lambda entry: entry.update(arch=["x86_64"]),
+    lambda entry: entry.update(domain_type=None),
+    lambda entry: entry["host_model_migratable"].update(features="avx"),
+    lambda entry: entry["host_model_migratable"]["features"].append({"name": 5}),
+    lambda entry: entry.update(host_model_migratable=[]),
+])
+def test_without_a_trustworthy_identity_every_entry_is_checked(damage):
+    good = copy.deepcopy(real_facts()["virt_types"]["kvm"])
+    entry = copy.deepcopy(good)
+    damage(entry)
+    assert entry_identity(entry) is None
+    if _shape.entry_problems(entry):
+        with pytest.raises(FactsShapeError, match="the facts of h2"):
+            select_entries([(good, None, "the facts of h1", False), (entry, None, "the facts of h2", False)])
