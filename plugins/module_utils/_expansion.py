@@ -955,8 +955,15 @@ def _context_key(entry: Mapping[str, Any]) -> Tuple[Any, ...]:
     supported = tuple(sorted((str(name), bool((mode or {}).get("supported")) if _is_mapping(mode) else None)
                              for name, mode in modes.items()))
     custom = modes.get("custom") if _is_mapping(modes.get("custom")) else {}
-    models = tuple(model.get("name") if _is_mapping(model) else None for model in custom.get("models") or ())
-    return (fingerprint, entry.get("domain_type"), entry.get("arch"), entry.get("libvirt_version"), supported, models)
+    return (fingerprint, entry.get("domain_type"), entry.get("arch"), entry.get("libvirt_version"), supported,
+            _model_names(custom.get("models") or ()))
+
+
+def _model_names(models: Any) -> Tuple[Any, ...]:
+    try:
+        return tuple([model["name"] for model in models])
+    except (TypeError, KeyError, IndexError):
+        return tuple(model.get("name") if _is_mapping(model) else None for model in models)
 
 
 def _decoded_context(entry: Mapping[str, Any]) -> Context:
@@ -1268,26 +1275,30 @@ def verify_invtsc(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
 
 def update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> None:
     """virCPUx86UpdateLive: reconcile the definition with what QEMU really did."""
-    passthrough = cpu.mode in PASSTHROUGH_MODES
     data = cpu.data(ctx)
-    disabled_by_definition = cpu.with_policy(ctx, "disable")
+    # Expected "disable": every feature outside the definition's data, or for host-passthrough and
+    # maximum only the ones the definition disables.
+    known = (1 << len(ctx.map.names)) - 1
+    if cpu.mode in PASSTHROUGH_MODES:
+        expected_disabled = cpu.with_policy(ctx, "disable") & ~data
+    else:
+        expected_disabled = known & ~data
+    added_mask = expected_disabled & enabled & known
+    removed_mask = (disabled | (data & ~enabled)) & known
     added: List[str] = []
     removed: List[str] = []
     full = cpu.check == "full"
-    for position, name in enumerate(ctx.map.names):
-        bit = 1 << position
-        if data & bit:
-            expected = "require"
-        elif not passthrough or disabled_by_definition & bit:
-            expected = "disable"
-        else:
-            expected = None
-        if expected == "disable" and enabled & bit:
+    changed = added_mask | removed_mask
+    while changed:
+        lowest = changed & -changed
+        changed ^= lowest
+        name = ctx.map.names[lowest.bit_length() - 1]
+        if added_mask & lowest:
             if full:
                 added.append(name)
             else:
                 cpu.update_feature(name, "require")
-        if disabled & bit or (expected == "require" and not enabled & bit):
+        if removed_mask & lowest:
             if full:
                 removed.append(name)
             else:
