@@ -12,7 +12,6 @@ forms; ``cpu_diff`` and ``outside_cpu_differences`` give the before/after views 
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -408,6 +407,8 @@ def numa_of(text: str) -> Optional[str]:
 
 def outside_cpu_differences(before: str, after: str, limit: int = 40) -> List[str]:
     """Unified-diff lines of everything but <cpu> (and <cpu><numa> when it changed); [] when equal."""
+    # Imported here: only a write needs it, and a run that changes nothing does without it.
+    import difflib  # pylint: disable=import-outside-toplevel
     lines = list(difflib.unified_diff(without_cpu(before).splitlines(), without_cpu(after).splitlines(),
                                       "before", "after", lineterm="", n=1))
     if numa_of(before) != numa_of(after):

@@ -319,7 +319,7 @@ cpu:
 
 import os
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -355,33 +355,12 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     replace_cpu,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
-    host_model_as_custom_xml,
-    host_model_cpu,
-    usable_models,
-    version_text,
-    virt_type_entry,
-)
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import (
-    Findings,
-    KnownFeatures,
-    feature_file,
-    forbidden_but_provided,
-    known_features,
-    needs_start_compare,
-    raise_for,
-    required_feature_names,
-    start_compare_error,
-    start_failure_hint,
-    target_text,
-    validate_for_host,
-)
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._watch import (
-    UNDEFINED,
-    ConcurrentChangeError,
-    DefinitionWatch,
-    open_watch,
-)
+
+# _facts, _validation and _watch are imported where they are used: a run that changes nothing
+# needs none of them, and the payload compiles every module_util it imports on each run.
+if TYPE_CHECKING:
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import Findings, KnownFeatures
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._watch import DefinitionWatch
 
 SINGLE_CPU_OPTIONS = ("mode", "match", "check", "migratable", "model", "fallback", "vendor_id", "vendor",
                       "topology", "cache", "maxphysaddr", "features")
@@ -453,6 +432,7 @@ def wanted_cpu(params: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
 
 def read_known_features(arch: Optional[str], cache: Dict[str, Optional[KnownFeatures]]) -> Optional[KnownFeatures]:
     """libvirt's feature names for *arch* from the CPU map on this host (None when not installed)."""
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import feature_file, known_features  # pylint: disable=import-outside-toplevel
     path = feature_file(arch)
     if path is None:
         return None
@@ -475,6 +455,7 @@ def run_xml_mode(module: AnsibleModule, wanted: Dict[str, Any], features_mode: s
     info = domain_info(text)
     plan = plan_cpu(read_cpu(text), wanted, params["state"], features_mode, info.virt_type)
     if plan.changed and plan.desired is not None:
+        from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import raise_for, validate_for_host  # pylint: disable=import-outside-toplevel
         findings = validate_for_host(plan.desired, info.virt_type, None, read_known_features(info.arch, {}))
         raise_for({info.name or "xml": findings})
         for warning in findings.warnings:
@@ -544,6 +525,7 @@ class HostChecks:
     def entry(self, info: DomainInfo) -> Dict[str, Any]:
         key = self.key(info)
         if key not in self.entries:
+            from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import version_text, virt_type_entry  # pylint: disable=import-outside-toplevel
             xml = call("reading the domain capabilities for %s guests (emulator %s, arch %s, machine %s)"
                        % (info.virt_type, info.emulator, info.arch, info.machine),
                        self.conn.getDomainCapabilities, info.emulator, info.arch, info.machine, info.virt_type, 0)
@@ -580,6 +562,8 @@ class HostChecks:
         """kvm: the required features of the expanded host-model CPU (part of libvirt's full host CPU)."""
         key = self.key(info)
         if key not in self.provided:
+            from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import host_model_as_custom_xml  # pylint: disable=import-outside-toplevel
+            from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import required_feature_names  # pylint: disable=import-outside-toplevel
             custom_xml = host_model_as_custom_xml(self.entry(info)) if info.virt_type in ACCELERATED else None
             expanded = None
             if custom_xml:
@@ -591,6 +575,8 @@ class HostChecks:
 
     def compare(self, info: DomainInfo, normalized: Dict[str, Any]) -> Optional[str]:
         """libvirt's pre-start comparison of *normalized* with its full host CPU: the refusal or None."""
+        from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import usable_models  # pylint: disable=import-outside-toplevel
+        from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import forbidden_but_provided, needs_start_compare, start_compare_error, target_text  # pylint: disable=import-outside-toplevel
         if not needs_start_compare(normalized):
             return None
         cpu_xml = cpu_to_xml(normalized)
@@ -617,6 +603,7 @@ class HostChecks:
         return self.compared[key]
 
     def validate(self, job: CPUJob, version: Tuple[int, int, int]) -> Findings:
+        from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import Findings, validate_for_host  # pylint: disable=import-outside-toplevel
         try:
             entry = self.entry(job.info)
         except CPUError as exc:
@@ -635,6 +622,9 @@ def validate_jobs(checks: HostChecks, jobs: List[CPUJob], version: Tuple[int, in
     for job in jobs:
         if job.plan.changed and job.plan.desired is not None:
             findings[job.name] = checks.validate(job, version)
+    if not findings:
+        return []
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import raise_for  # pylint: disable=import-outside-toplevel
     raise_for(findings)
     return ["%s: %s" % (name, warning) for name, found in findings.items() for warning in found.warnings]
 
@@ -676,6 +666,7 @@ def check_write_window(job: CPUJob, others: List[str]) -> None:
     """Report changes another client made between this task's last read and its write (*others*, in order)."""
     if not others:
         return
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._watch import UNDEFINED, ConcurrentChangeError  # pylint: disable=import-outside-toplevel
     repair = ""
     if UNDEFINED in others:
         try:
@@ -761,6 +752,7 @@ def restart(conn, job: CPUJob, timeout: int) -> None:
     except libvirt.libvirtError as exc:
         reason = libvirt_message(exc)
     outcome = roll_back(conn, job, paused)
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import start_failure_hint  # pylint: disable=import-outside-toplevel
     hint = start_failure_hint(reason)
     raise RestartError("domain '%s' did not start with its new CPU: %s.%s %s."
                        % (job.name, reason.rstrip("."), (" Fix: %s." % hint) if hint else "", outcome[:1].upper() + outcome[1:]))
@@ -771,6 +763,7 @@ def restart(conn, job: CPUJob, timeout: int) -> None:
 
 
 def host_model(checks: HostChecks, job: CPUJob) -> Optional[Dict[str, Any]]:
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import host_model_cpu  # pylint: disable=import-outside-toplevel
     try:
         return host_model_cpu(checks.entry(job.info))
     except CPUError:
@@ -876,6 +869,7 @@ class Runner:
 
     def open_watch(self) -> None:
         """libvirt's events, to see changes someone else makes while a domain is written."""
+        from ansible_collections.hostcpu.libvirt.plugins.module_utils._watch import open_watch  # pylint: disable=import-outside-toplevel
         try:
             self.watch = open_watch(self.uri)
         except CPUError as exc:
