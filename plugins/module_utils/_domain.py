@@ -97,8 +97,7 @@ def parse_domain(text: str):
     return root
 
 
-def domain_info(text: str) -> DomainInfo:
-    root = parse_domain(text)
+def _info_of(root) -> DomainInfo:
     type_el = root.find("os/type")
     return DomainInfo(
         name=(root.findtext("name") or "").strip() or None,
@@ -110,10 +109,24 @@ def domain_info(text: str) -> DomainInfo:
     )
 
 
+def _cpu_of(root) -> CPUDict:
+    cpu_el = root.find("cpu")
+    return {} if cpu_el is None else ordered(cpu_from_element(cpu_el))
+
+
+def domain_info(text: str) -> DomainInfo:
+    return _info_of(parse_domain(text))
+
+
 def read_cpu(text: str) -> CPUDict:
     """The domain's CPU dict ({} when it has no <cpu>)."""
-    cpu_el = parse_domain(text).find("cpu")
-    return {} if cpu_el is None else ordered(cpu_from_element(cpu_el))
+    return _cpu_of(parse_domain(text))
+
+
+def read_domain(text: str) -> Tuple[DomainInfo, CPUDict]:
+    """domain_info and read_cpu of *text*, parsed once."""
+    root = parse_domain(text)
+    return _info_of(root), _cpu_of(root)
 
 
 # ---------------------------------------------------------------------------------------------

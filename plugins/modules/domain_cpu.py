@@ -352,6 +352,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     plan_cpu,
     predicted_cpu_text,
     read_cpu,
+    read_domain,
     replace_cpu,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
@@ -497,8 +498,8 @@ def read_job(conn, name: str, uri: str, wanted: Dict[str, Any], params: Dict[str
         raise CPUError("domain '%s' is transient (it has no persistent definition); domain_cpu changes persistent "
                        "definitions: define it first (virsh dumpxml %s > %s.xml; virsh define %s.xml)" % (name, name, name, name))
     text = inactive_xml(domain)
-    info = domain_info(text)
-    plan = plan_cpu(read_cpu(text), wanted, params["state"], features_mode, info.virt_type, version)
+    info, current = read_domain(text)
+    plan = plan_cpu(current, wanted, params["state"], features_mode, info.virt_type, version)
     active = call("reading the state of '%s'" % name, domain.isActive)
     live = call("reading the live XML of '%s'" % name, domain.XMLDesc, 0) if active else None
     # An inactive domain is shut off (libvirt sets SHUTOFF when it stops one): one round trip less per domain.
@@ -801,6 +802,14 @@ class Runner:
         return not live_matches_definition(cpu_after, read_cpu(job.live_xml), job.info.virt_type, self.version,
                                            host_model(self.checks, job), dependencies)
 
+    def cpu_after(self, job: CPUJob, after_xml: str) -> Dict[str, Any]:
+        """The CPU the definition has after this task (in check mode: will have)."""
+        if not job.plan.changed:
+            return job.plan.current  # read from job.inactive_xml, which is still the definition
+        if self.module.check_mode:
+            return job.plan.desired_normalized
+        return read_cpu(after_xml)
+
     def converge(self, job: CPUJob) -> None:
         check_mode = self.module.check_mode
         after_xml = job.inactive_xml
@@ -811,7 +820,7 @@ class Runner:
             after_xml, warnings = write_job(self.conn, job, self.watch)
             for warning in warnings:
                 self.module.warn(warning)
-        cpu_after = job.plan.desired_normalized if job.plan.changed and check_mode else read_cpu(after_xml)
+        cpu_after = self.cpu_after(job, after_xml)
         pending = self.needs_restart(job, cpu_after)
         restarted = pending and self.params["restart"]
         result = {"name": job.name, "changed": job.plan.changed or restarted, "cpu": ordered(cpu_after),
