@@ -494,13 +494,15 @@ def lookup(conn, name: str, uri: str):
 def read_job(conn, name: str, uri: str, wanted: Dict[str, Any], params: Dict[str, Any],
              features_mode: str, version: Tuple[int, int, int]) -> CPUJob:
     domain = lookup(conn, name, uri)
-    if not call("reading '%s'" % name, domain.isPersistent):
+    active = call("reading the state of '%s'" % name, domain.isActive)
+    # Only a running domain can be transient (libvirt forgets a transient one when it stops):
+    # one round trip less per shut-off domain.
+    if active and not call("reading '%s'" % name, domain.isPersistent):
         raise CPUError("domain '%s' is transient (it has no persistent definition); domain_cpu changes persistent "
                        "definitions: define it first (virsh dumpxml %s > %s.xml; virsh define %s.xml)" % (name, name, name, name))
     text = inactive_xml(domain)
     info, current = read_domain(text)
     plan = plan_cpu(current, wanted, params["state"], features_mode, info.virt_type, version)
-    active = call("reading the state of '%s'" % name, domain.isActive)
     live = call("reading the live XML of '%s'" % name, domain.XMLDesc, 0) if active else None
     # An inactive domain is shut off (libvirt sets SHUTOFF when it stops one): one round trip less per domain.
     return CPUJob(name, domain, text, info, plan, state_name(domain) if active else "shutoff", live)
