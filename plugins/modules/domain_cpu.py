@@ -579,7 +579,8 @@ class HostChecks:
     def compare(self, info: DomainInfo, normalized: Dict[str, Any]) -> Optional[str]:
         """libvirt's pre-start comparison of *normalized* with its full host CPU: the refusal or None."""
         from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import usable_models  # pylint: disable=import-outside-toplevel
-        from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import forbidden_but_provided, needs_start_compare, start_compare_error, target_text  # pylint: disable=import-outside-toplevel
+        from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import (  # pylint: disable=import-outside-toplevel
+            forbidden_but_provided, needs_start_compare, start_compare_error, target_text)
         if not needs_start_compare(normalized):
             return None
         cpu_xml = cpu_to_xml(normalized)
