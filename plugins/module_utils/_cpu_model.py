@@ -44,6 +44,8 @@ VENDOR_ID_PATTERN = re.compile(r"[ -+\--~]{12}")
 # libvirt reads topology counts and cache levels as unsigned int, maxphysaddr bits as int.
 UINT_MAX = 4294967295
 INT_MAX = 2147483647
+# virQEMUCapsCPUFilterFeatures (libvirt 9.0): never passed to QEMU, dropped from the definition.
+IGNORED_FEATURES = frozenset(("cmt", "mbm_total", "mbm_local", "osxsave", "ospke"))
 
 
 class CPUDefinitionError(CPUError):

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     CPUDict,
+    IGNORED_FEATURES,
     KEY_ORDER,
     MIGRATABLE_MODES,
     MODE_INDEPENDENT_KEYS,
@@ -434,8 +435,6 @@ def outside_cpu_differences(before: str, after: str, limit: int = 40) -> List[st
 
 
 def _feature_matches_live(name: str, policy: str, live_policy: Optional[str]) -> bool:
-    # Imported here: _expansion is the largest module_utils and modules compile it on every run (bench/README.md).
-    from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import IGNORED_FEATURES  # pylint: disable=import-outside-toplevel
     if live_policy is None and name in IGNORED_FEATURES:
         return True  # libvirt never passes these to QEMU and drops them from the live CPU
     if policy in ("disable", "forbid"):

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _expansion
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     CPUDefinitionError,
+    IGNORED_FEATURES,
     cpu_from_xml,
     cpu_to_xml,
     normalize_cpu,
@@ -179,3 +181,8 @@ def test_maxphysaddr_passthrough_takes_no_bits():
 def test_validation_messages(cpu, message):
     with pytest.raises(CPUDefinitionError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate_cpu(cpu)
+
+
+def test_ignored_features_match_the_prediction():
+    """_domain reads them from _cpu_model (small, always imported), the prediction from _expansion: one list."""
+    assert _expansion.IGNORED_FEATURES == IGNORED_FEATURES
