@@ -129,7 +129,7 @@ def host_records(hosts: Any, virt_type: Optional[str] = None) -> List[HostRecord
     else:
         sources = [_source(item, position, virt_type) for position, item in enumerate(hosts)]
     entries = select_entries([source for _name, source in sources])
-    return [HostRecord(name, entry) for (name, _source_), entry in zip(sources, entries)]
+    return [HostRecord(name, entry) for (name, _unused), entry in zip(sources, entries)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +137,8 @@ def host_records(hosts: Any, virt_type: Optional[str] = None) -> List[HostRecord
 
 
 _CONTROLLER_MAP: Dict[str, CPUMap] = {}
+
+
 def _facts_map(entry: Entry) -> Optional[CPUMap]:
     data = entry.get("expansion")
     if not isinstance(data, Mapping) or "models" not in data or "features" not in data:

@@ -47,6 +47,7 @@ from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
+    IGNORED_FEATURES,
     CPUDict,
     normalize_cpu,
     ordered,
@@ -58,8 +59,6 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_
 
 DATA_FORMAT = 1
 CPU_MAP_DIR = "/usr/share/libvirt/cpu_map"
-# virQEMUCapsCPUFilterFeatures (libvirt 9.0): never passed to QEMU, dropped from the definition.
-IGNORED_FEATURES = frozenset(("cmt", "mbm_total", "mbm_local", "osxsave", "ospke"))
 # virQEMUCapsCPUFeaturesX86: libvirt name -> QEMU property name.
 QEMU_FEATURE_NAMES = {
     "cmp_legacy": "cmp-legacy", "ds_cpl": "ds-cpl", "fxsr_opt": "fxsr-opt", "kvm_pv_eoi": "kvm-pv-eoi",

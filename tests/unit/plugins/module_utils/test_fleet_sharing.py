@@ -27,13 +27,13 @@ def empty_caches():
 
 def copies(entry: Dict[str, Any], count: int) -> List[Dict[str, Any]]:
     """Separate copies, as hostvars hold each host's facts."""
-    return [json.loads(json.dumps(entry)) for _ in range(count)]
+    return [json.loads(json.dumps(entry)) for _copy in range(count)]
 
 
 def kinds(count: int, seed: int = 3) -> List[Dict[str, Any]]:
     rng = random.Random(seed)
     entry = real_facts()["virt_types"]["qemu"]
-    return [variant(entry, rng, rng.randint(1, 4)) for _ in range(count)]
+    return [variant(entry, rng, rng.randint(1, 4)) for _copy in range(count)]
 
 
 def count_calls(monkeypatch, owner: Any, name: str) -> List[int]:
