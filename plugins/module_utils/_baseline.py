@@ -76,6 +76,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import (
     cpu_input,
     is_entry as _is_entry,
+    entry_identity,
     plain as _plain,
     select_entries,
     select_entry,
@@ -101,6 +102,8 @@ class HostRecord(NamedTuple):
 
     name: str
     entry: Entry
+    # entry_identity, when host_records worked it out already
+    identity: Optional[Tuple[Any, ...]] = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,8 +131,8 @@ def host_records(hosts: Any, virt_type: Optional[str] = None) -> List[HostRecord
                          "or {name, facts, virt_type}) or a mapping of host name to facts, got %s" % type(hosts).__name__)
     else:
         sources = [_source(item, position, virt_type) for position, item in enumerate(hosts)]
-    entries = select_entries([source for _name, source in sources])
-    return [HostRecord(name, entry) for (name, _unused), entry in zip(sources, entries)]
+    selected = select_entries([source for _name, source in sources])
+    return [HostRecord(name, entry, identity) for (name, _unused), (entry, identity) in zip(sources, selected)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,9 +210,13 @@ def _expansion_data(entry: Entry) -> Optional[Mapping[str, Any]]:
     return data if isinstance(data, Mapping) and "qemu" in data else None
 
 
-def _identity(entry: Entry) -> Tuple[Any, ...]:
+def _identity(entry: Entry, known: Optional[Tuple[Any, ...]] = None) -> Tuple[Any, ...]:
     """What makes hosts equal for the baseline: the entry's fingerprint (domcapabilities), its expansion
-    data's fingerprint (QEMU's measured behaviour), virt type, arch and migratable host-model CPU."""
+    data's fingerprint (QEMU's measured behaviour), virt type, arch and migratable host-model CPU
+    (``entry_identity``; for facts without their fingerprints, worked out from the facts)."""
+    identity = known or entry_identity(entry)
+    if identity is not None:
+        return identity
     entry_fingerprint = entry.get("fingerprint") or fingerprint(entry)
     data = _expansion_data(entry)
     data_fingerprint = data.get("fingerprint") if data else None
@@ -315,7 +322,7 @@ def distinct_hosts(records: Sequence[HostRecord]) -> List[DistinctHost]:
     """Hosts with the same key, in order of first appearance; the error names the host that failed."""
     found: "OrderedDict[Tuple[Any, ...], DistinctHost]" = OrderedDict()
     for record in records:
-        identity = _identity(record.entry)
+        identity = _identity(record.entry, record.identity)
         if identity in found:
             found[identity].names.append(record.name)
             continue

@@ -204,16 +204,17 @@ def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host 
     return check_entry(entry, what, label)
 
 
-def select_entries(items: Sequence[Tuple[Any, Optional[str], str, bool]]) -> List[Entry]:
-    """``select_entry(facts, virt_type, what, strict)`` for each of *items*, for a fleet.
+def select_entries(items: Sequence[Tuple[Any, Optional[str], str, bool]]) -> List[Tuple[Entry, Optional[Tuple[Any, ...]]]]:
+    """``select_entry(facts, virt_type, what, strict)`` for each of *items*, for a fleet, with each
+    entry's identity (``entry_identity``).
 
-    An entry whose identity (``entry_identity``) equals that of an entry checked before in the same
-    call is not checked again: it claims to be that host's facts, and the fleet functions read
-    only the first entry of each identity beyond these keys. A fleet of 1000 hosts of a few kinds
-    is checked in a fraction of the time.
+    An entry whose identity equals that of an entry checked before in the same call is not checked
+    again: it claims to be that host's facts, and the fleet functions read only the first entry of
+    each identity beyond these keys. A fleet of 1000 hosts of a few kinds is checked in a fraction
+    of the time.
     """
     checked = set()
-    entries = []
+    selected = []
     for facts, virt_type, what, strict in items:
         entry, label = _selected(facts, virt_type, what, strict)
         identity = entry_identity(entry)
@@ -221,8 +222,8 @@ def select_entries(items: Sequence[Tuple[Any, Optional[str], str, bool]]) -> Lis
             check_entry(entry, what, label)
             if identity is not None:
                 checked.add(identity)
-        entries.append(entry)
-    return entries
+        selected.append((entry, identity))
+    return selected
 
 
 def entry_identity(entry: Entry) -> Optional[Tuple[Any, ...]]:
@@ -241,10 +242,15 @@ def entry_identity(entry: Entry) -> Optional[Tuple[Any, ...]]:
     if migratable is None:
         return (entry_fingerprint, data_fingerprint, domain_type, arch, None)
     features = migratable.get("features") if _is_mapping(migratable) else None
-    if features is None or not _features_ok(features):
+    if features is None or isinstance(features, (str, bytes)) or _is_mapping(features):
         return None
-    return (entry_fingerprint, data_fingerprint, domain_type, arch,
-            tuple((feature["name"], feature.get("policy")) for feature in features))
+    try:
+        pairs = tuple([(feature["name"], feature.get("policy")) for feature in features])
+    except (TypeError, KeyError, AttributeError, IndexError):
+        return None
+    if not all(isinstance(name, str) and (policy is None or isinstance(policy, str)) for name, policy in pairs):
+        return None
+    return (entry_fingerprint, data_fingerprint, domain_type, arch, pairs)
 
 
 def _selected(facts: Any, virt_type: Optional[str], what: str, strict: bool) -> Tuple[Entry, Optional[str]]:
