@@ -59,6 +59,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="N=10 only, one repetition of everything: checks the bench works")
     parser.add_argument("--output", default=str(RESULTS), help="directory for latest.md/latest.json; '-' writes nothing")
     parser.add_argument("--update-readme", action="store_true", help="also write the summary into README.md's Performance section")
+    parser.add_argument("--render", metavar="JSON", help="measure nothing: write the report again from a latest.json "
+                        "(after a change of the report's format)")
     args = parser.parse_args(argv)
     if args.full:
         args.slow_repeat, args.slow_first_max = "10:3,50:2,200:1", 1 << 30
@@ -178,7 +180,8 @@ def _ms(seconds: Optional[float]) -> Optional[float]:
 def fmt_value(value: Optional[float], unit: str) -> str:
     if value is None:
         return "not measured"
-    return ("%.1fx" % value) if unit == "x" else ("%.3g %s" % (value, unit))
+    # Ratios near their limit need the second decimal (2.02x is not within 2x).
+    return ("%.2fx" % value if value < 10 else "%.1fx" % value) if unit == "x" else ("%.3g %s" % (value, unit))
 
 
 def status(met: Optional[bool]) -> str:
@@ -381,8 +384,23 @@ def connect():
         raise BenchError("no libvirt daemon at %s (%s): run 'make daemons'" % (URI, exc)) from None
 
 
+def render_again(args: argparse.Namespace) -> int:
+    """The report, the results file and README's section from a saved latest.json."""
+    results = json.loads(Path(args.render).read_text(encoding="utf-8"))
+    results["targets"] = targets(results)
+    text = render(results)
+    print(text)
+    write_results(results, text, args.output)
+    if args.update_readme:
+        update_readme(readme_block(results))
+        log("README.md's Performance section updated")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render_again(args)
     terminate_as_interrupt()
     try:
         conn = connect()
