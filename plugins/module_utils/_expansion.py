@@ -504,7 +504,22 @@ def _qemu_for_facts(qemu: Mapping[str, Any], index: Mapping[str, int], cpu_map: 
         "dependencies": dependencies_from_map(cpu_map, known),
         "msr_failures": [dict(failure) for failure in qemu.get("msr_failures") or []],
     }
+    if qemu.get("msr_unannounced_failures"):
+        result.update(_cpuid_level_data(qemu, index))
     return result
+
+
+def _cpuid_level_data(qemu: Mapping[str, Any], index: Mapping[str, int]) -> Dict[str, Any]:
+    """The unannounced-MSR failures and what the prediction needs to tell the guest's CPUID level:
+    QEMU's level of each model ('max' for host-passthrough and maximum) and the features raising it."""
+    models = set(qemu["models"]) | {"max"}
+    return {
+        "msr_unannounced_failures": [{"index": int(failure["index"]), "value": str(failure["value"]),
+                                      "leaf": int(failure["leaf"])} for failure in qemu["msr_unannounced_failures"]],
+        "levels": {name: int(level) for name, level in sorted((qemu.get("levels") or {}).items()) if name in models},
+        "level_raisers": [[int(level), to_hex(_mask_of(names, index))]
+                          for level, names in sorted((qemu.get("level_raisers") or {}).items(), key=lambda item: int(item[0]))],
+    }
 
 
 def expansion_data_from_parts(cpu_map: Mapping[str, Any], virt_type: str, host_model: Optional[Mapping[str, Any]],
@@ -606,12 +621,15 @@ def _probe_cpu_xml(label: str, disabled: Sequence[str] = ()) -> str:
     return ""
 
 
-def _create_probe_guest(conn, entry: Mapping[str, Any], token: str, label: str, disabled: Sequence[str] = ()):
-    """``(domain, name, None)`` or ``(None, name, libvirt's error)``."""
+def _create_probe_guest(conn, entry: Mapping[str, Any], token: str, label: str, disabled: Sequence[str] = (),
+                        cpu_xml: Optional[str] = None):
+    """``(domain, name, None)`` or ``(None, name, libvirt's error)``; *cpu_xml* replaces the label's CPU."""
     import libvirt  # pylint: disable=import-outside-toplevel
     name = "%s%s-%s-%s" % (PROBE_NAME_PREFIX, token, entry["domain_type"], label)
+    if cpu_xml is None:
+        cpu_xml = _probe_cpu_xml(label, disabled)
     try:
-        domain = conn.createXML(_probe_domain_xml(entry, name, _probe_cpu_xml(label, disabled)), libvirt.VIR_DOMAIN_START_PAUSED)
+        domain = conn.createXML(_probe_domain_xml(entry, name, cpu_xml), libvirt.VIR_DOMAIN_START_PAUSED)
         return domain, name, None
     except libvirt.libvirtError as exc:
         _remove_guest_log(conn, name)
@@ -631,11 +649,12 @@ class ProbeGuest(NamedTuple):
     msr_failures: List[Dict[str, Any]]
     unavailable: List[str]
     max_overrides: Dict[str, bool]
+    largest: bool = False          # the largest CPU (maximum) started
 
 
 def _probe_from(conn, domain, name: str, failures: List[Dict[str, Any]], overrides: Dict[str, bool]) -> ProbeGuest:
     try:
-        return ProbeGuest(domain, name, failures, _unavailable_features(domain), overrides)
+        return ProbeGuest(domain, name, failures, _unavailable_features(domain), overrides, largest=True)
     except Exception:
         _destroy_probe_guest(conn, domain, name)
         raise
@@ -746,10 +765,13 @@ def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
     parents = [name for name in dependency_parents() if name in known]
     parents_on = {QEMU_FEATURE_NAMES.get(name, name): True for name in parents}
     models = {}
+    levels = {"max": max_all.get("level")}
     for name in model_names:
         if name not in qemu_models:
             continue
-        plain = set(_enabled(_expansion(domain, name), known))
+        plain_props = _expansion(domain, name)
+        levels[name] = plain_props.get("level")
+        plain = set(_enabled(plain_props, known))
         latent = set(_enabled(_expansion(domain, name, parents_on), known)) - set(parents)
         models[name] = sorted(plain | latent)
     result: Dict[str, Any] = {
@@ -758,6 +780,7 @@ def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
         "max_migratable": max_migratable,
         "non_migratable": non_migratable,
         "models": models,
+        "levels": {name: level for name, level in levels.items() if isinstance(level, int)},
         "measured_dependencies": {},
     }
     for parent in supported if measure_dependencies else ():
@@ -770,6 +793,132 @@ def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
     return result
 
 
+class UnannouncedMSRProbe(NamedTuple):
+    """A guest whose CPUID stops below the leaf announcing an MSR, writing one supported bit of it."""
+    index: int
+    parent: str
+    leaf: int
+    model: str
+    features: Tuple[str, ...]
+
+
+def _announcing_leaf(cpu_map: Mapping[str, Any], feature: str) -> Optional[int]:
+    """The basic CPUID leaf of *feature* (arch-capabilities: 7), None for MSR or extended-leaf features."""
+    bit = cpu_map["bits"].get(feature)
+    return bit[1] if bit and bit[0] == "cpuid" and bit[1] < 0x80000000 else None
+
+
+def _model_below_level(domain, cpu_map: Mapping[str, Any], qemu_models: Iterable[str], leaf: int) -> Optional[str]:
+    """The first model of the CPU map (the oldest first) whose CPUID level in QEMU is below *leaf*."""
+    qemu_models = set(qemu_models)
+    for name in cpu_map["models"]:
+        if name in qemu_models:
+            level = _expansion(domain, name).get("level")
+            if isinstance(level, int) and level < leaf:
+                return name
+    return None
+
+
+def unannounced_msr_probes(domain, cpu_map: Mapping[str, Any]) -> List[UnannouncedMSRProbe]:
+    """What to start to learn whether KVM refuses an MSR write the guest's CPUID does not announce.
+
+    Newer kernels (6.12 and later: "KVM: x86: Reject userspace attempts to access ARCH_CAPABILITIES
+    w/o support") refuse a nonzero host write of MSR 0x10a unless the guest's CPUID has
+    arch-capabilities, which lives at leaf 7: a model of CPUID level below 7 (486, pentium3,
+    qemu32, ...) with arch-capabilities and an MSR bit kills QEMU, older kernels accept it.
+    One guest per MSR whose announcing feature and one of its bits the accelerator gives.
+    """
+    supported = set(_enabled(_expansion(domain, "max", {"migratable": False}), cpu_map["features"]))
+    qemu_models = [item["name"] for item in _qmp(domain, "query-cpu-definitions")]
+    probes = []
+    for index, parent in MSR_PARENTS.items():
+        leaf = _announcing_leaf(cpu_map, parent)
+        bits = [name for name in cpu_map["features"] if name in supported
+                and cpu_map["bits"][name][0] == "msr" and cpu_map["bits"][name][1] == index]
+        if leaf is None or parent not in supported or not bits:
+            continue
+        model = _model_below_level(domain, cpu_map, qemu_models, leaf)
+        if model is not None:
+            probes.append(UnannouncedMSRProbe(index, parent, leaf, model, (parent, bits[0])))
+    return probes
+
+
+def _unannounced_probe_cpu_xml(probe: UnannouncedMSRProbe) -> str:
+    return ("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>%s</model>%s</cpu>"
+            % (probe.model, "".join("<feature policy='require' name='%s'/>" % name for name in probe.features)))
+
+
+def run_unannounced_msr_probe(conn, entry: Mapping[str, Any], token: str, probe: UnannouncedMSRProbe) -> Optional[Dict[str, Any]]:
+    """Start the probe's guest: the MSR failure ``{index, value, leaf, model}`` when QEMU died writing it, else None."""
+    label = "msr-%x" % probe.index
+    domain, name, error = _create_probe_guest(conn, entry, token, label, cpu_xml=_unannounced_probe_cpu_xml(probe))
+    if domain is not None:
+        _destroy_probe_guest(conn, domain, name)
+        return None
+    failure = _msr_failure(error)
+    if failure is None or failure["index"] != probe.index:
+        return None
+    return dict(failure, leaf=probe.leaf, model=probe.model)
+
+
+def measure_level_raisers(domain, cpu_map: Mapping[str, Any], known: Iterable[str], model: str) -> Dict[int, List[str]]:
+    """The features that raise QEMU's CPUID level above *model*'s (``{level: [names]}``).
+
+    QEMU raises the level to a feature's leaf for some CPUID words only (x86_cpu_expand_features:
+    7.0 EBX always, 7.0 ECX, 7.1 EAX, 0xD, 6 ... with full-cpuid-auto-level; not 7.0 EDX, where
+    arch-capabilities is) and further for a few features (intel-pt to 0x14, sgx to 0x12). One
+    expansion per word with all its features on; the features of a word that raises it one by one.
+    """
+    known = set(known)
+    words: "OrderedDict[Tuple[int, int, str], List[str]]" = OrderedDict()
+    for name in cpu_map["features"]:
+        bit = cpu_map["bits"][name]
+        if name in known and bit[0] == "cpuid" and bit[1] < 0x80000000:
+            words.setdefault(bit[1:4], []).append(name)
+
+    def level_with(names: Sequence[str]) -> int:
+        return int(_expansion(domain, model, {QEMU_FEATURE_NAMES.get(name, name): True for name in names}).get("level", 0))
+
+    base = level_with(())
+    raisers: Dict[int, List[str]] = {}
+    for names in words.values():
+        if level_with(names) <= base:
+            continue
+        for name in names:
+            level = level_with([name]) if len(names) > 1 else level_with(names)
+            if level > base:
+                raisers.setdefault(level, []).append(name)
+    return raisers
+
+
+def _measure_unannounced_msrs(conn, entry: Mapping[str, Any], token: str, guest: ProbeGuest,
+                              cpu_map: Mapping[str, Any]):
+    """The unannounced-MSR guests started beside the QMP probe (a future of their failures), or None.
+
+    Only when the largest CPU started without an MSR failure under an accelerator: where it failed,
+    every nonzero write fails anyway (``msr_failures``), and TCG writes no MSR to KVM.
+    """
+    if entry.get("domain_type") == "qemu" or not guest.largest or guest.msr_failures:
+        return None
+    probes = unannounced_msr_probes(guest.domain, cpu_map)
+    if not probes:
+        return None
+    from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
+    pool = ThreadPoolExecutor(max_workers=len(probes))
+    futures = [(probe, pool.submit(run_unannounced_msr_probe, conn, entry, token, probe)) for probe in probes]
+    pool.shutdown(wait=False)
+    return futures
+
+
+def _unannounced_results(guest: ProbeGuest, futures, cpu_map: Mapping[str, Any], qemu: Dict[str, Any]) -> None:
+    """Add the unannounced-MSR failures to *qemu*, with the CPUID levels the prediction compares."""
+    failures = [failure for failure in (future.result() for _probe, future in futures or ()) if failure]
+    if not failures:
+        return
+    qemu["msr_unannounced_failures"] = failures
+    qemu["level_raisers"] = measure_level_raisers(guest.domain, cpu_map, qemu["known"], failures[0]["model"])
+
+
 def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml: Optional[str] = None,
                                 domcaps_xml: Optional[str] = None, cpu_map_dir: str = CPU_MAP_DIR) -> Dict[str, Any]:
     """Measure and return the ``expansion`` facts of *entry*'s virt type on the host of *conn*.
@@ -777,7 +926,10 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
     Starts one paused transient guest ``hostcpu-probe-<random>-<virt type>-...`` (two when the
     largest CPU fails to start, which is recorded as an MSR failure), asks its QEMU through QMP
     how it expands every model, what the accelerator gives and which features depend on which,
-    then destroys it. Reads libvirt's CPU map from *cpu_map_dir*.
+    then destroys it. Under an accelerator whose largest CPU started, a second guest (``-msr-10a``,
+    started beside the QMP questions) learns whether KVM refuses an MSR the guest's CPUID does not
+    announce (``msr_unannounced_failures``); when it does, QEMU's CPUID level of each model and of
+    the features that raise it are measured too. Reads libvirt's CPU map from *cpu_map_dir*.
     """
     cpu_map_files = read_cpu_map_files(cpu_map_dir)
     cpu_map = cpu_map_from_xml(cpu_map_files)
@@ -785,9 +937,12 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
         capabilities_xml = conn.getCapabilities()
     if domcaps_xml is None:
         domcaps_xml = conn.getDomainCapabilities(entry["emulator"], entry["arch"], entry["machine"], entry["domain_type"], 0)
-    guest = _start_probe_guest(conn, entry, secrets.token_hex(4))
+    token = secrets.token_hex(4)
+    guest = _start_probe_guest(conn, entry, token)
     try:
+        unannounced = _measure_unannounced_msrs(conn, entry, token, guest, cpu_map)
         qemu = probe_qemu(guest.domain, cpu_map["features"], cpu_map["models"], guest.unavailable, guest.max_overrides)
+        _unannounced_results(guest, unannounced, cpu_map, qemu)
     finally:
         _destroy_probe_guest(conn, guest.domain, guest.name)
     qemu["msr_failures"] = guest.msr_failures
@@ -912,6 +1067,9 @@ class Context:
         self.dependencies = [(self.map.bit(parent), self.map.mask(children))
                              for parent, children in _mapping(qemu.get("dependencies") or {}, "qemu.dependencies").items()]
         self.msr_failures = [(int(failure["index"]), int(str(failure["value"]), 16)) for failure in qemu.get("msr_failures") or ()]
+        self.unannounced_msrs = [(int(failure["index"]), int(failure["leaf"])) for failure in qemu.get("msr_unannounced_failures") or ()]
+        self.levels = {name: int(level) for name, level in _mapping(qemu.get("levels") or {}, "qemu.levels").items()}
+        self.level_raisers = [(int(level), from_hex(mask, "qemu.level_raisers")) for level, mask in qemu.get("level_raisers") or ()]
         self.host_model = self._host_model(data.get("host_model"))
         host = data.get("host")
         self.host = None if host is None else (host.get("vendor"), from_hex(host.get("features"), "host.features"),
@@ -1237,6 +1395,37 @@ def _check_msr_failures(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
                      % (index, ", ".join(names) or "unnamed bits", " or ".join(fix_names)))
 
 
+def cpuid_level(ctx: Context, cpu: GuestCPU, requested: Mask) -> Optional[int]:
+    """QEMU's CPUID level of the guest: its model's, raised by the features asked for (None: not measured)."""
+    level = ctx.levels.get("max" if cpu.mode in PASSTHROUGH_MODES else cpu.model or "")
+    if level is None:
+        return None
+    for raised, mask in ctx.level_raisers:
+        if requested & mask and raised > level:
+            level = raised
+    return level
+
+
+def _check_unannounced_msrs(ctx: Context, cpu: GuestCPU, requested: Mask, enabled: Mask) -> None:
+    """QEMU dies when KVM refuses an MSR value because the guest's CPUID stops below the leaf announcing the MSR."""
+    for index, leaf in ctx.unannounced_msrs:
+        parent = MSR_PARENTS.get(index)
+        value, names = _msr_value(ctx, enabled, index)
+        if not value or (parent and not enabled & ctx.map.bit(parent)):
+            continue
+        level = cpuid_level(ctx, cpu, requested)
+        if level is None or level >= leaf:
+            continue
+        fix_names = [parent] if parent else names
+        raise GuestWouldNotStart(
+            "internal error: qemu unexpectedly closed the monitor: qemu-system-x86_64: error: failed to set MSR "
+            "0x%x to 0x%x" % (index, value),
+            missing_features=names, fix=_fix(fix_names),
+            hint="KVM on this host refuses MSR 0x%x (%s) unless the guest's CPUID announces %s at leaf %d, and this "
+                 "CPU's CPUID level is %d (model %s); disable %s, or use a CPU model of CPUID level %d or more"
+                 % (index, ", ".join(names), parent or "it", leaf, level, cpu.model or cpu.mode, " or ".join(fix_names), leaf))
+
+
 def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
     """The features QEMU enables and the ones it reports unavailable, for the -cpu libvirt builds."""
     plus = cpu.with_policy(ctx, *ENABLING)
@@ -1259,6 +1448,7 @@ def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
     enabled = requested & ctx.supported
     disabled = (requested & ~ctx.supported) | cleared_by_user
     _check_msr_failures(ctx, cpu, enabled)
+    _check_unannounced_msrs(ctx, cpu, requested, enabled)
     return enabled, disabled
 
 
