@@ -21,7 +21,9 @@ src/cpu/cpu_x86.c):
 3. QEMU builds the CPU: its own definition of the model with the accelerator's defaults, the
    ``feature=on/off`` of the command line, features that hang on a disabled one cleared (e.g. the
    MSR 0x10a features on arch-capabilities), features the accelerator cannot give filtered out.
-   Values QEMU cannot write to an MSR on this host (nested KVM refusing MSR 0x10a) kill it.
+   Values QEMU cannot write to an MSR on this host (nested KVM refusing MSR 0x10a) kill it, and
+   so do, on kernels that refuse them, values of an MSR the guest's CPUID does not announce (MSR
+   0x10a on a model whose CPUID level, raised by some requested features, stops below leaf 7).
 4. ``qemuProcessUpdateAndVerifyCPU``: invtsc must have been enabled when required;
    ``virCPUx86UpdateLive`` marks features QEMU enabled beyond the definition ``require`` and
    features it filtered or did not enable ``disable`` (walking the CPU map in order), or fails
@@ -30,7 +32,7 @@ src/cpu/cpu_x86.c):
 Everything QEMU-specific comes from data the ``cpu_facts`` probe measured on the host (see
 ``expansion_data_from_libvirt``): QEMU's definition of every model under the accelerator, what the
 accelerator can give (including the features 'max' never auto-enables), the features QEMU does not
-know, and which MSR writes KVM refuses. The static parts are libvirt's CPU map (models, feature
+know, which MSR writes KVM refuses (and QEMU's CPUID levels when that depends on them). The static parts are libvirt's CPU map (models, feature
 order, MSR bits) and QEMU's feature dependencies (DEPENDENCY_GROUPS / DEPENDENCY_PAIRS, expressed
 in CPU map terms; the probe's measurements are checked against them in the unit tests). Everything
 is stored compactly: feature sets are hex bit masks over the CPU map's feature list.
@@ -44,6 +46,7 @@ import os
 import re
 import secrets
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
@@ -882,17 +885,18 @@ def measure_level_raisers(domain, cpu_map: Mapping[str, Any], known: Iterable[st
     base = level_with(())
     raisers: Dict[int, List[str]] = {}
     for names in words.values():
-        if level_with(names) <= base:
+        word_level = level_with(names)
+        if word_level <= base:
             continue
         for name in names:
-            level = level_with([name]) if len(names) > 1 else level_with(names)
+            level = level_with([name]) if len(names) > 1 else word_level
             if level > base:
                 raisers.setdefault(level, []).append(name)
     return raisers
 
 
 def _measure_unannounced_msrs(conn, entry: Mapping[str, Any], token: str, guest: ProbeGuest,
-                              cpu_map: Mapping[str, Any]):
+                              cpu_map: Mapping[str, Any]) -> Optional[List[Tuple[UnannouncedMSRProbe, Future]]]:
     """The unannounced-MSR guests started beside the QMP probe (a future of their failures), or None.
 
     Only when the largest CPU started without an MSR failure under an accelerator: where it failed,
@@ -903,14 +907,14 @@ def _measure_unannounced_msrs(conn, entry: Mapping[str, Any], token: str, guest:
     probes = unannounced_msr_probes(guest.domain, cpu_map)
     if not probes:
         return None
-    from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
     pool = ThreadPoolExecutor(max_workers=len(probes))
     futures = [(probe, pool.submit(run_unannounced_msr_probe, conn, entry, token, probe)) for probe in probes]
     pool.shutdown(wait=False)
     return futures
 
 
-def _unannounced_results(guest: ProbeGuest, futures, cpu_map: Mapping[str, Any], qemu: Dict[str, Any]) -> None:
+def _unannounced_results(guest: ProbeGuest, futures: Optional[List[Tuple[UnannouncedMSRProbe, Future]]],
+                         cpu_map: Mapping[str, Any], qemu: Dict[str, Any]) -> None:
     """Add the unannounced-MSR failures to *qemu*, with the CPUID levels the prediction compares."""
     failures = [failure for failure in (future.result() for _probe, future in futures or ()) if failure]
     if not failures:
