@@ -864,34 +864,40 @@ def run_unannounced_msr_probe(conn, entry: Mapping[str, Any], token: str, probe:
     return dict(failure, leaf=probe.leaf, model=probe.model)
 
 
-def measure_level_raisers(domain, cpu_map: Mapping[str, Any], known: Iterable[str], model: str) -> Dict[int, List[str]]:
-    """The features that raise QEMU's CPUID level above *model*'s (``{level: [names]}``).
-
-    QEMU raises the level to a feature's leaf for some CPUID words only (x86_cpu_expand_features:
-    7.0 EBX always, 7.0 ECX, 7.1 EAX, 0xD, 6 ... with full-cpuid-auto-level; not 7.0 EDX, where
-    arch-capabilities is) and further for a few features (intel-pt to 0x14, sgx to 0x12). One
-    expansion per word with all its features on; the features of a word that raises it one by one.
-    """
+def level_words(cpu_map: Mapping[str, Any], known: Iterable[str]) -> List[List[str]]:
+    """The features QEMU knows at basic CPUID leaves, grouped by CPUID word (leaf, subleaf, register), in map order."""
     known = set(known)
     words: "OrderedDict[Tuple[int, int, str], List[str]]" = OrderedDict()
     for name in cpu_map["features"]:
         bit = cpu_map["bits"][name]
         if name in known and bit[0] == "cpuid" and bit[1] < 0x80000000:
             words.setdefault(bit[1:4], []).append(name)
+    return list(words.values())
 
-    def level_with(names: Sequence[str]) -> int:
-        return int(_expansion(domain, model, {QEMU_FEATURE_NAMES.get(name, name): True for name in names}).get("level", 0))
 
-    base = level_with(())
+def cpuid_level_with(domain, model: str, names: Iterable[str]) -> int:
+    """QEMU's CPUID level of *model* with the features *names* turned on."""
+    return int(_expansion(domain, model, {QEMU_FEATURE_NAMES.get(name, name): True for name in names}).get("level", 0))
+
+
+def measure_level_raisers(domain, cpu_map: Mapping[str, Any], known: Iterable[str], model: str) -> Dict[int, List[str]]:
+    """The features that raise QEMU's CPUID level above *model*'s, as ``{level: [names]}``: each raises it to
+    at least that level.
+
+    QEMU raises the level per CPUID word (x86_cpu_expand_features, x86_cpu_adjust_feat_level: 7.0
+    EBX always, 7.0 ECX, 7.1 EAX, 0xD, 6 ... with full-cpuid-auto-level; not 7.0 EDX, where
+    arch-capabilities is), a few features further (intel-pt to 0x14, sgx to 0x12). So one expansion
+    per word with all its features on tells whether the word raises it, and one with its first
+    feature alone to which level (the unit tests check this against every feature measured alone).
+    """
+    base = cpuid_level_with(domain, model, ())
     raisers: Dict[int, List[str]] = {}
-    for names in words.values():
-        word_level = level_with(names)
-        if word_level <= base:
-            continue
-        for name in names:
-            level = level_with([name]) if len(names) > 1 else word_level
-            if level > base:
-                raisers.setdefault(level, []).append(name)
+    for names in level_words(cpu_map, known):
+        level = cpuid_level_with(domain, model, names)
+        if level > base and len(names) > 1:
+            level = cpuid_level_with(domain, model, names[:1])
+        if level > base:
+            raisers.setdefault(level, []).extend(names)
     return raisers
 
 
@@ -1391,12 +1397,14 @@ def _check_msr_failures(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
             value |= failed_value & ~named_bits
         if value:
             fix_names = [parent] if parent else names
-            raise GuestWouldNotStart(
-                "internal error: qemu unexpectedly closed the monitor: qemu-system-x86_64: error: failed to set MSR "
-                "0x%x to 0x%x" % (index, value),
-                missing_features=names, fix=_fix(fix_names),
-                hint="KVM on this host refuses MSR 0x%x (%s); disable %s to start the guest"
-                     % (index, ", ".join(names) or "unnamed bits", " or ".join(fix_names)))
+            raise _msr_write_refused(index, value, names, fix_names, "KVM on this host refuses MSR 0x%x (%s); disable %s to start the "
+                                     "guest" % (index, ", ".join(names) or "unnamed bits", " or ".join(fix_names)))
+
+
+def _msr_write_refused(index: int, value: int, names: List[str], fix_names: List[str], hint: str) -> GuestWouldNotStart:
+    """QEMU's death on an MSR value KVM refuses, as libvirt reports it."""
+    return GuestWouldNotStart("internal error: qemu unexpectedly closed the monitor: qemu-system-x86_64: error: failed to set MSR "
+                              "0x%x to 0x%x" % (index, value), missing_features=names, fix=_fix(fix_names), hint=hint)
 
 
 def cpuid_level(ctx: Context, cpu: GuestCPU, requested: Mask) -> Optional[int]:
@@ -1421,13 +1429,11 @@ def _check_unannounced_msrs(ctx: Context, cpu: GuestCPU, requested: Mask, enable
         if level is None or level >= leaf:
             continue
         fix_names = [parent] if parent else names
-        raise GuestWouldNotStart(
-            "internal error: qemu unexpectedly closed the monitor: qemu-system-x86_64: error: failed to set MSR "
-            "0x%x to 0x%x" % (index, value),
-            missing_features=names, fix=_fix(fix_names),
-            hint="KVM on this host refuses MSR 0x%x (%s) unless the guest's CPUID announces %s at leaf %d, and this "
-                 "CPU's CPUID level is %d (model %s); disable %s, or use a CPU model of CPUID level %d or more"
-                 % (index, ", ".join(names), parent or "it", leaf, level, cpu.model or cpu.mode, " or ".join(fix_names), leaf))
+        raise _msr_write_refused(index, value, names, fix_names,
+                                 "KVM on this host refuses MSR 0x%x (%s) unless the guest's CPUID announces %s at leaf %d, and "
+                                 "this CPU's CPUID level is %d (model %s); disable %s, or use a CPU model of CPUID level %d or "
+                                 "more" % (index, ", ".join(names), parent or "it", leaf, level, cpu.model or cpu.mode,
+                                           " or ".join(fix_names), leaf))
 
 
 def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:

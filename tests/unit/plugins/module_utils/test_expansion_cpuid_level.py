@@ -142,9 +142,21 @@ def test_the_measured_levels_are_qemus(entry):
         "486": 1, "pentium": 1, "pentium2": 2, "pentium3": 3, "qemu32": 4, "kvm32": 5, "coreduo": 10}
     assert qemu["levels"]["max"] >= 7
     cpu_map = cpu_map_from_xml(_cpu_map_files())
-    raisers = {name: int(level) for level, names in _probe()["level_raisers"].items() for name in names}
-    assert raisers["erms"] == raisers["umip"] == raisers["fsgsbase"] == 7
-    assert raisers["xsaveopt"] == 13 and raisers["intel-pt"] == 20 and raisers["sgx"] == 18
+    probe = _probe()
+    raisers = {name: int(level) for level, names in probe["level_raisers"].items() for name in names}
+    assert raisers["erms"] == raisers["umip"] == raisers["fsgsbase"] == 7 and raisers["xsaveopt"] == 13
     leaf_7_edx = [name for name, bit in cpu_map["bits"].items() if bit[:4] == ("cpuid", 7, 0, "edx")]
     assert "arch-capabilities" in leaf_7_edx and "md-clear" in leaf_7_edx
     assert not set(leaf_7_edx) & set(raisers), "QEMU 7.2 does not raise the level for CPUID 7.0 EDX"
+
+
+def test_level_raisers_measured_per_word_are_each_features_own_lower_bound():
+    """One expansion per CPUID word (and one of its first feature) against every feature expanded alone."""
+    probe = _probe()
+    alone = probe["feature_levels"]
+    raisers = {name: int(level) for level, names in probe["level_raisers"].items() for name in names}
+    base = probe["levels"]["486"]
+    assert {name for name, level in alone.items() if level > base} == set(raisers)
+    assert all(raisers[name] <= alone[name] for name in raisers)
+    assert {name for name, level in alone.items() if level >= 7} == {name for name, level in raisers.items() if level >= 7}
+    assert alone["intel-pt"] == 20 and alone["sgx"] == 18 and raisers["intel-pt"] == raisers["sgx"] == 7
