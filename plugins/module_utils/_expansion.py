@@ -811,38 +811,26 @@ def _announcing_leaf(cpu_map: Mapping[str, Any], feature: str) -> Optional[int]:
     return bit[1] if bit and bit[0] == "cpuid" and bit[1] < 0x80000000 else None
 
 
-def _model_below_level(domain, cpu_map: Mapping[str, Any], qemu_models: Iterable[str], leaf: int) -> Optional[str]:
-    """The first model of the CPU map (the oldest first) whose CPUID level in QEMU is below *leaf*."""
-    qemu_models = set(qemu_models)
-    for name in cpu_map["models"]:
-        if name in qemu_models:
-            level = _expansion(domain, name).get("level")
-            if isinstance(level, int) and level < leaf:
-                return name
-    return None
-
-
-def unannounced_msr_probes(domain, cpu_map: Mapping[str, Any]) -> List[UnannouncedMSRProbe]:
+def unannounced_msr_probes(cpu_map: Mapping[str, Any], qemu: Mapping[str, Any]) -> List[UnannouncedMSRProbe]:
     """What to start to learn whether KVM refuses an MSR write the guest's CPUID does not announce.
 
     Newer kernels (6.12 and later: "KVM: x86: Reject userspace attempts to access ARCH_CAPABILITIES
     w/o support") refuse a nonzero host write of MSR 0x10a unless the guest's CPUID has
     arch-capabilities, which lives at leaf 7: a model of CPUID level below 7 (486, pentium3,
     qemu32, ...) with arch-capabilities and an MSR bit kills QEMU, older kernels accept it.
-    One guest per MSR whose announcing feature and one of its bits the accelerator gives.
+    One guest per MSR whose announcing feature and one of its bits the accelerator gives (*qemu*:
+    ``probe_qemu``'s result), on the first model of the CPU map whose CPUID level is below the leaf.
     """
-    supported = set(_enabled(_expansion(domain, "max", {"migratable": False}), cpu_map["features"]))
-    qemu_models = [item["name"] for item in _qmp(domain, "query-cpu-definitions")]
+    supported = set(qemu["max"])
+    levels = qemu.get("levels") or {}
     probes = []
     for index, parent in MSR_PARENTS.items():
         leaf = _announcing_leaf(cpu_map, parent)
         bits = [name for name in cpu_map["features"] if name in supported
                 and cpu_map["bits"][name][0] == "msr" and cpu_map["bits"][name][1] == index]
-        if leaf is None or parent not in supported or not bits:
-            continue
-        model = _model_below_level(domain, cpu_map, qemu_models, leaf)
-        if model is not None:
-            probes.append(UnannouncedMSRProbe(index, parent, leaf, model, (parent, bits[0])))
+        models = [name for name in cpu_map["models"] if leaf is not None and levels.get(name, leaf) < leaf]
+        if leaf is not None and parent in supported and bits and models:
+            probes.append(UnannouncedMSRProbe(index, parent, leaf, models[0], (parent, bits[0])))
     return probes
 
 
@@ -901,32 +889,37 @@ def measure_level_raisers(domain, cpu_map: Mapping[str, Any], known: Iterable[st
     return raisers
 
 
-def _measure_unannounced_msrs(conn, entry: Mapping[str, Any], token: str, guest: ProbeGuest,
-                              cpu_map: Mapping[str, Any]) -> Optional[List[Tuple[UnannouncedMSRProbe, Future]]]:
-    """The unannounced-MSR guests started beside the QMP probe (a future of their failures), or None.
+class UnannouncedMSRs(NamedTuple):
+    """The unannounced-MSR guests under way and the level raisers measured for them."""
+    futures: List[Future]
+    raisers: Dict[int, List[str]]
+
+
+def _start_unannounced_msr_probes(conn, entry: Mapping[str, Any], token: str, guest: ProbeGuest,
+                                  cpu_map: Mapping[str, Any], qemu: Mapping[str, Any]) -> Optional[UnannouncedMSRs]:
+    """Start the unannounced-MSR guests in threads (beside the probe guest's destroy, which mostly waits).
 
     Only when the largest CPU started without an MSR failure under an accelerator: where it failed,
-    every nonzero write fails anyway (``msr_failures``), and TCG writes no MSR to KVM.
+    every nonzero write fails anyway (``msr_failures``), and TCG writes no MSR to KVM. The level
+    raisers are measured meanwhile, while the probe guest still answers QMP.
     """
     if entry.get("domain_type") == "qemu" or not guest.largest or guest.msr_failures:
         return None
-    probes = unannounced_msr_probes(guest.domain, cpu_map)
+    probes = unannounced_msr_probes(cpu_map, qemu)
     if not probes:
         return None
     pool = ThreadPoolExecutor(max_workers=len(probes))
-    futures = [(probe, pool.submit(run_unannounced_msr_probe, conn, entry, token, probe)) for probe in probes]
+    futures = [pool.submit(run_unannounced_msr_probe, conn, entry, token, probe) for probe in probes]
     pool.shutdown(wait=False)
-    return futures
+    return UnannouncedMSRs(futures, measure_level_raisers(guest.domain, cpu_map, qemu["known"], probes[0].model))
 
 
-def _unannounced_results(guest: ProbeGuest, futures: Optional[List[Tuple[UnannouncedMSRProbe, Future]]],
-                         cpu_map: Mapping[str, Any], qemu: Dict[str, Any]) -> None:
-    """Add the unannounced-MSR failures to *qemu*, with the CPUID levels the prediction compares."""
-    failures = [failure for failure in (future.result() for _probe, future in futures or ()) if failure]
-    if not failures:
-        return
-    qemu["msr_unannounced_failures"] = failures
-    qemu["level_raisers"] = measure_level_raisers(guest.domain, cpu_map, qemu["known"], failures[0]["model"])
+def _add_unannounced_results(qemu: Dict[str, Any], unannounced: Optional[UnannouncedMSRs]) -> None:
+    """The unannounced-MSR failures into *qemu*, with the level raisers when there is one."""
+    failures = [failure for failure in (future.result() for future in unannounced.futures) if failure] if unannounced else []
+    if failures:
+        qemu["msr_unannounced_failures"] = failures
+        qemu["level_raisers"] = unannounced.raisers
 
 
 def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml: Optional[str] = None,
@@ -937,7 +930,7 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
     largest CPU fails to start, which is recorded as an MSR failure), asks its QEMU through QMP
     how it expands every model, what the accelerator gives and which features depend on which,
     then destroys it. Under an accelerator whose largest CPU started, a second guest (``-msr-10a``,
-    started beside the QMP questions) learns whether KVM refuses an MSR the guest's CPUID does not
+    started while the first is destroyed) learns whether KVM refuses an MSR the guest's CPUID does not
     announce (``msr_unannounced_failures``); when it does, QEMU's CPUID level of each model and of
     the features that raise it are measured too. Reads libvirt's CPU map from *cpu_map_dir*.
     """
@@ -950,11 +943,11 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
     token = secrets.token_hex(4)
     guest = _start_probe_guest(conn, entry, token)
     try:
-        unannounced = _measure_unannounced_msrs(conn, entry, token, guest, cpu_map)
         qemu = probe_qemu(guest.domain, cpu_map["features"], cpu_map["models"], guest.unavailable, guest.max_overrides)
-        _unannounced_results(guest, unannounced, cpu_map, qemu)
+        unannounced = _start_unannounced_msr_probes(conn, entry, token, guest, cpu_map, qemu)
     finally:
         _destroy_probe_guest(conn, guest.domain, guest.name)
+    _add_unannounced_results(qemu, unannounced)
     qemu["msr_failures"] = guest.msr_failures
     return expansion_data_from_xml(cpu_map_files, capabilities_xml, domcaps_xml, qemu)
 
