@@ -901,17 +901,19 @@ def _start_unannounced_msr_probes(conn, entry: Mapping[str, Any], token: str, gu
 
     Only when the largest CPU started without an MSR failure under an accelerator: where it failed,
     every nonzero write fails anyway (``msr_failures``), and TCG writes no MSR to KVM. The level
-    raisers are measured meanwhile, while the probe guest still answers QMP.
+    raisers are measured first, while the probe guest answers QMP alone (a QEMU starting beside it
+    slows every QMP answer down).
     """
     if entry.get("domain_type") == "qemu" or not guest.largest or guest.msr_failures:
         return None
     probes = unannounced_msr_probes(cpu_map, qemu)
     if not probes:
         return None
+    raisers = measure_level_raisers(guest.domain, cpu_map, qemu["known"], probes[0].model)
     pool = ThreadPoolExecutor(max_workers=len(probes))
     futures = [pool.submit(run_unannounced_msr_probe, conn, entry, token, probe) for probe in probes]
     pool.shutdown(wait=False)
-    return UnannouncedMSRs(futures, measure_level_raisers(guest.domain, cpu_map, qemu["known"], probes[0].model))
+    return UnannouncedMSRs(futures, raisers)
 
 
 def _add_unannounced_results(qemu: Dict[str, Any], unannounced: Optional[UnannouncedMSRs]) -> None:
