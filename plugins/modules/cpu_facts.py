@@ -56,6 +56,10 @@ options:
         asks its QEMU (QMP) how it expands every CPU model and what the accelerator gives, and destroys it.
         When the largest CPU fails to start because KVM refuses an MSR (nested KVM and MSR 0x10a),
         that is recorded and the guest is started again with the feature announcing the MSR disabled.
+        When it starts under kvm, a second paused guest (C(hostcpu-probe-<random>-kvm-msr-10a), a model of
+        CPUID level below 7 with C(arch-capabilities) and one MSR 0x10a bit) tells whether KVM refuses an MSR
+        the guest's CPUID does not announce (Linux 6.12 and later); if so, QEMU's CPUID level of every model
+        and the features raising it are measured too.
       - Reads libvirt's CPU map (C(/usr/share/libvirt/cpu_map)) on the managed host.
       - Costs about 3 to 5 seconds; the virt types are probed side by side. Skipped for the XML inputs.
     type: bool
@@ -247,7 +251,8 @@ ansible_facts:
                   C(msr) (MSR features, index and bit), C(host) (libvirt's full host CPU that C(check=partial) compares with),
                   C(host_model) (the migratable host-model CPU libvirt copies into host-model guests), C(qemu) (QEMU's
                   definition of every model for this accelerator, what the accelerator can give, features QEMU does not know,
-                  feature dependencies, MSR writes KVM refused), C(format) and C(fingerprint).
+                  feature dependencies, MSR writes KVM refused, and where KVM refuses MSRs the guest's CPUID does not
+                  announce, those and QEMU's CPUID levels), C(format) and C(fingerprint).
               type: dict
 """
 
