@@ -100,9 +100,9 @@ fleet: venv daemons
 molecule: venv daemons
 	molecule test --all
 
-# ansible-lint, production profile (.ansible-lint), on the roles, playbooks and molecule scenarios.
+# ansible-lint, production profile (.ansible-lint), on the roles, playbooks, molecule scenarios and the smoke playbook.
 lint: venv
-	ansible-lint roles playbooks extensions
+	ansible-lint roles playbooks extensions tests/smoke/playbook.yml
 
 # Every supported ansible-core (tests/matrix/cells.txt: 2.17-2.19 on Python 3.11, 2.20-2.21 on 3.13),
 # each in its own venv under $(HOSTCPU_CACHE)/matrix (rebuilt when its tests/matrix/requirements-*.txt
