@@ -170,7 +170,6 @@ run_step() {
 run_cell() {
     local core=$1 pyver=$2 python venv
     mkdir -p "$OUT/$core"
-    rm -f "$OUT/$core"/*.result
     if ! python=$(find_python "$pyver"); then
         echo "no Python $pyver: neither python$pyver nor python3 on PATH is $pyver and no /root/.pyenv/versions/$pyver*/bin/python3 runs" \
             > "$OUT/$core/venv.log"
@@ -182,6 +181,7 @@ run_cell() {
     # One run at a time per cell venv (another checkout may run the matrix too).
     exec {cell_fd}>"$CACHE/$core-py$pyver.lock"
     flock "$cell_fd"
+    rm -f "$OUT/$core"/*.result
     run_step "$core" venv "$core" "$python" "$venv" || return 1
     local step
     for step in "${STEPS[@]}"; do
