@@ -2,10 +2,10 @@
 # shellcheck disable=SC2317  # the step_* functions are called by name (run_step)
 # make matrix: every supported ansible-core version, each in its own venv, through
 #   venv    build (or reuse) $HOSTCPU_CACHE/matrix/<core>-py<python> from tests/matrix/requirements-<core>.txt
-#   sanity  ansible-test sanity with the empty tests/sanity/ignore-<core>.txt (scripts/sanity.sh)
 #   unit    pytest tests/unit
 #   doc     ansible-doc renders every module, filter, test and role of the collection
 #   smoke   tests/smoke/playbook.yml against this machine's libvirtd (qemu:///system)
+#   sanity  ansible-test sanity with the empty tests/sanity/ignore-<core>.txt (scripts/sanity.sh)
 # The cells are listed in tests/matrix/cells.txt (ansible-core version, Python version). A table of
 # cell x step (pass/FAIL, seconds) is printed at the end and written to tests/output/matrix/table.md;
 # each step's log is tests/output/matrix/<core>/<step>.log. Any failing step fails the run, and the
@@ -13,7 +13,7 @@
 #
 # Usage: scripts/matrix.sh [CORE...]      e.g. scripts/matrix.sh 2.19 2.21 (default: every cell)
 # Env:   HOSTCPU_CACHE (default /var/cache/hostcpu-libvirt), MATRIX_JOBS (cells at once, default 2),
-#        MATRIX_URI (default qemu:///system), MATRIX_STEPS (default "venv sanity unit doc smoke"; venv
+#        MATRIX_URI (default qemu:///system), MATRIX_STEPS (default "venv unit doc smoke sanity"; venv
 #        always runs first).
 set -euo pipefail
 
@@ -22,8 +22,9 @@ CACHE=${HOSTCPU_CACHE:-/var/cache/hostcpu-libvirt}/matrix
 OUT=$ROOT/tests/output/matrix
 JOBS=${MATRIX_JOBS:-2}
 URI=${MATRIX_URI:-qemu:///system}
-read -r -a STEPS <<<"${MATRIX_STEPS:-venv sanity unit doc smoke}"
-# Shared with other users of ansible-test's ~/.ansible/test venvs on this machine.
+read -r -a STEPS <<<"${MATRIX_STEPS:-venv unit doc smoke sanity}"
+# Shared with other users of ansible-test's ~/.ansible/test venvs on this machine; sanity is the
+# last step, so that a cell waiting for this lock has done the rest of its work.
 SANITY_LOCK=/tmp/hostcpu-sanity.lock
 
 log() { printf 'matrix: %s\n' "$*" >&2; }
