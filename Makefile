@@ -5,6 +5,7 @@
 #   make test         setup, then sanity, unit and integration (any failure fails)
 #   make demo         setup, then playbooks/demo.yml against this machine
 #   make bench        setup, then the benchmarks (bench/run.py, ~10 min; not part of make test)
+#   make matrix       sanity, unit, ansible-doc and a smoke playbook on each ansible-core 2.17-2.21
 # See DEVELOPERS.md.
 
 SHELL       := /bin/bash
@@ -33,11 +34,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # -rs: every skipped test is listed with its reason at the end.
 PYTEST := $(PY) -m pytest -rs
 
-.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench
+.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench matrix
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
-	@echo '  targets: venv system daemons setup sanity unit integration reliability accuracy fleet molecule lint testdata demo bench test clean'
+	@echo '  targets: venv system daemons setup sanity unit integration reliability accuracy fleet molecule lint matrix testdata demo bench test clean'
 
 # --- set-up ------------------------------------------------------------------------------
 
@@ -99,9 +100,17 @@ fleet: venv daemons
 molecule: venv daemons
 	molecule test --all
 
-# ansible-lint, production profile (.ansible-lint), on the roles, playbooks and molecule scenarios.
+# ansible-lint, production profile (.ansible-lint), on the roles, playbooks, molecule scenarios and the smoke playbook.
 lint: venv
-	ansible-lint roles playbooks extensions
+	ansible-lint roles playbooks extensions tests/smoke/playbook.yml
+
+# Every supported ansible-core (tests/matrix/cells.txt: 2.17-2.19 on Python 3.11, 2.20-2.21 on 3.13),
+# each in its own venv under $(HOSTCPU_CACHE)/matrix (rebuilt when its tests/matrix/requirements-*.txt
+# changes): ansible-test sanity, unit tests, ansible-doc of every plugin, tests/smoke/playbook.yml on
+# the real libvirtd. Two cells at a time; table in tests/output/matrix/table.md (scripts/matrix.sh).
+# MATRIX_CELLS="2.19 2.21" runs only those; MATRIX_STEPS="venv unit" only those steps.
+matrix: system daemons link testdata
+	bash scripts/matrix.sh $(MATRIX_CELLS)
 
 testdata: system
 	bash scripts/fetch-testdata.sh
