@@ -1,11 +1,12 @@
 # Copyright: hostcpu.libvirt contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters over the CPU dict: live_cpu, cpu_xml, cpu_from_xml (documentation in the .yml beside this file)."""
+"""Filters over the CPU dict: live_cpu, live_cpu_prediction, cpu_problems, cpu_xml, cpu_from_xml
+(documentation in the .yml beside this file)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from ansible.errors import AnsibleFilterError
 
@@ -16,8 +17,9 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     validate_cpu,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError, brief
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import predict_live_cpu
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import live_cpu_or_refusal, predict_live_cpu
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import cpu_input, plain, select_entry
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import host_problems
 
 
 def _virt_type_entry(host_facts: Any, virt_type: Optional[str]) -> Mapping:
@@ -28,17 +30,69 @@ def _virt_type_entry(host_facts: Any, virt_type: Optional[str]) -> Mapping:
         raise AnsibleFilterError(brief("live_cpu: %s" % exc)) from None
 
 
-def live_cpu(cpu: Any, host_facts: Any, virt_type: Optional[str] = None) -> Dict[str, Any]:
-    """The CPU dict libvirt's live XML shows once a guest with *cpu* runs on that host and virt type."""
+def _entry_with_expansion(host_facts: Any, virt_type: Optional[str], name: str) -> Mapping:
     entry = _virt_type_entry(host_facts, virt_type)
     if entry.get("expansion") is None:
-        raise AnsibleFilterError("live_cpu: the host facts of virt type '%s' carry no expansion data; gather them with "
+        raise AnsibleFilterError("%s: the host facts of virt type '%s' carry no expansion data; gather them with "
                                  "hostcpu.libvirt.cpu_facts (with its default expansion: true) from this collection's version"
-                                 % entry.get("domain_type"))
+                                 % (name, entry.get("domain_type")))
+    return entry
+
+
+def live_cpu(cpu: Any, host_facts: Any, virt_type: Optional[str] = None) -> Dict[str, Any]:
+    """The CPU dict libvirt's live XML shows once a guest with *cpu* runs on that host and virt type."""
+    entry = _entry_with_expansion(host_facts, virt_type, "live_cpu")
     try:
         return predict_live_cpu(cpu_input(cpu), entry)
     except CPUError as exc:
         raise AnsibleFilterError("live_cpu: %s" % exc) from None
+
+
+def live_cpu_prediction(cpu: Any, host_facts: Any, virt_type: Optional[str] = None, live: Any = None) -> Dict[str, Any]:
+    """live_cpu that returns libvirt's refusal instead of failing: {cpu, error, fix, match}.
+
+    *live*: the CPU the guest runs with now (domain_cpu's live_cpu); ``match`` says whether it is
+    the predicted one (None when either is missing).
+    """
+    entry = _entry_with_expansion(host_facts, virt_type, "live_cpu_prediction")
+    try:
+        prediction = live_cpu_or_refusal(cpu_input(cpu), entry)
+        running = None if live is None else cpu_input(live, "live")
+    except CPUError as exc:
+        raise AnsibleFilterError("live_cpu_prediction: %s" % exc) from None
+    prediction["match"] = None if running is None or prediction["cpu"] is None else prediction["cpu"] == running
+    return prediction
+
+
+def _problems_of_cpu(cpu: Any, host_facts: Any, virt_type: Optional[str]) -> List[str]:
+    try:
+        wanted = cpu_input(cpu)
+    except CPUError as exc:
+        return [str(exc)]
+    if not wanted:
+        return []
+    entry = select_entry(host_facts, virt_type, "host_facts")
+    return host_problems(wanted, entry["domain_type"], dict(entry))
+
+
+def _problems_of_guest(guest: Any, host_facts: Any, virt_type: Optional[str]) -> List[str]:
+    if not isinstance(guest, Mapping) or not isinstance(guest.get("name"), str):
+        raise AnsibleFilterError(brief("cpu_problems: each guest must be a mapping {name, cpu, virt_type}, got %r" % (guest,)))
+    try:
+        problems = _problems_of_cpu(guest.get("cpu"), host_facts, guest.get("virt_type") or virt_type)
+    except CPUError as exc:
+        problems = [str(exc)]
+    return ["%s: %s" % (guest["name"], problem) for problem in problems]
+
+
+def cpu_problems(cpus: Any, host_facts: Any, virt_type: Optional[str] = None) -> List[str]:
+    """Why the host of *host_facts* would refuse a CPU (or each guest's CPU) before anything is defined; [] when it would not."""
+    if isinstance(cpus, list):
+        return [problem for guest in cpus for problem in _problems_of_guest(guest, host_facts, virt_type)]
+    try:
+        return _problems_of_cpu(cpus, host_facts, virt_type)
+    except CPUError as exc:
+        raise AnsibleFilterError("cpu_problems: %s" % exc) from None
 
 
 def cpu_xml(cpu: Any, indent: int = 2) -> str:
@@ -76,6 +130,8 @@ class FilterModule:
     def filters(self) -> Dict[str, Any]:
         return {
             "live_cpu": live_cpu,
+            "live_cpu_prediction": live_cpu_prediction,
+            "cpu_problems": cpu_problems,
             "cpu_xml": cpu_xml,
             "cpu_from_xml": cpu_from_xml,
         }

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional
@@ -27,6 +28,8 @@ DEFAULT_URI = "qemu:///system"
 # How long opening a connection may take; libvirt's own keepalive gives up on a silent peer
 # after about 30 seconds (5 s interval, 5 probes) once a connection is open.
 OPEN_TIMEOUT_SECONDS = 30
+# The oldest Python the modules run on (managed hosts); older ones get a message, not a traceback.
+MIN_PYTHON = (3, 9)
 
 
 class LibvirtCallError(CPUError):
@@ -57,8 +60,23 @@ def resolve_uri(uri: Optional[str]) -> str:
     return uri or os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
 
 
+def python_too_old(version: Any = None) -> Optional[str]:
+    """Why this Python cannot run the modules (older than MIN_PYTHON), or None."""
+    version = tuple(sys.version_info[:3] if version is None else version)
+    if version >= MIN_PYTHON:
+        return None
+    return ("hostcpu.libvirt modules need Python %s or newer on the managed host; %s is Python %s. Set "
+            "ansible_python_interpreter to a Python %s+ that has lxml and libvirt-python (for example "
+            "/usr/bin/python3 of Debian 11+, Ubuntu 22.04+ or EL 9+)"
+            % (".".join(map(str, MIN_PYTHON)), sys.executable or "this interpreter", ".".join(map(str, version)),
+               ".".join(map(str, MIN_PYTHON))))
+
+
 def require_libraries(module, need_libvirt: bool = True) -> None:
-    """Fail the module with missing_required_lib when libvirt-python or lxml is absent."""
+    """Fail the module when its Python is too old, or with missing_required_lib when libvirt-python or lxml is absent."""
+    too_old = python_too_old()
+    if too_old:
+        module.fail_json(msg=too_old)
     if need_libvirt and not HAS_LIBVIRT:
         module.fail_json(msg="%s (%s)" % (missing_required_lib("libvirt-python (python3-libvirt)"), LIBVIRT_IMPORT_ERROR))
     if not HAS_LXML:

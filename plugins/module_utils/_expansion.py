@@ -1400,3 +1400,16 @@ def predict_live_cpu(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> CPUDic
     guest = prepare_for_qemu(ctx, guest_cpu(cpu, ctx))
     enabled, disabled = qemu_features(ctx, guest)
     return finish_live(ctx, guest, enabled, disabled).as_dict()
+
+
+def live_cpu_or_refusal(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> Dict[str, Any]:
+    """``predict_live_cpu`` without raising for a refusal: ``{cpu, error, fix}``.
+
+    ``cpu`` is the predicted live CPU (None when libvirt or QEMU would refuse the start), ``error``
+    the refusal as ``GuestWouldNotStart`` words it and ``fix`` its features to disable (when known).
+    Invalid CPUs and facts that cannot tell still raise CPUError.
+    """
+    try:
+        return {"cpu": predict_live_cpu(cpu, entry), "error": None, "fix": None}
+    except GuestWouldNotStart as exc:
+        return {"cpu": None, "error": str(exc), "fix": exc.fix}

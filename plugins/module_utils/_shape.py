@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, List, Optional, Tuple
+from typing import Mapping as TypingMapping
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import CPUDefinitionError, CPUDict, cpu_from_xml
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
@@ -20,7 +21,8 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT
 
 FIX = "gather them again with hostcpu.libvirt.cpu_facts"
 DEFAULT_VIRT_TYPE = "kvm"
-Entry = Mapping[str, Any]
+# typing.Mapping: collections.abc.Mapping[...] fails on Python < 3.9, before the module could say why.
+Entry = TypingMapping[str, Any]
 
 
 class FactsShapeError(CPUError):

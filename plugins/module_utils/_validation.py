@@ -35,6 +35,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     CPUDict,
     cpu_from_xml,
     normalize_cpu,
+    parse_version,
     validate_cpu,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
@@ -244,6 +245,15 @@ def validate_for_host(cpu: CPUDict, virt_type: str, entry: Optional[Dict[str, An
             errors += model_findings.errors
             warnings += model_findings.warnings
     return Findings(errors, warnings)
+
+
+def host_problems(cpu: CPUDict, virt_type: str, entry: Dict[str, Any]) -> List[str]:
+    """The errors of ``validate_for_host`` for *cpu* on the host of one facts entry (``virt_types.<virt type>``):
+    libvirt's grammar, a mode the virt type does not support, a model QEMU does not know. Feature
+    names need libvirt's CPU map on the host, so the module checks them."""
+    if not cpu:
+        return []
+    return validate_for_host(cpu, virt_type, entry, None, parse_version(entry.get("libvirt_version"))).errors
 
 
 def raise_for(findings_by_domain: Dict[str, Findings]) -> None:

@@ -274,6 +274,10 @@ domains:
       description: The domain.
       type: str
       sample: web1
+    virt_type:
+      description: The domain type of its definition (C(<domain type=...>)), the O(virt_type) to pass to filters such as P(hostcpu.libvirt.live_cpu#filter).
+      type: str
+      sample: kvm
     changed:
       description: Whether this domain's definition changed (or it was restarted).
       type: bool
@@ -833,7 +837,7 @@ class Runner:
         cpu_after = self.cpu_after(job, after_xml)
         pending = self.needs_restart(job, cpu_after)
         restarted = pending and self.params["restart"]
-        result = {"name": job.name, "changed": job.plan.changed or restarted, "cpu": ordered(cpu_after),
+        result = {"name": job.name, "virt_type": job.info.virt_type, "changed": job.plan.changed or restarted, "cpu": ordered(cpu_after),
                   "cpu_before": job.plan.current, "restart_required": pending and not restarted,
                   "restarted": restarted, "state": job.state}
         if job.plan.changed:

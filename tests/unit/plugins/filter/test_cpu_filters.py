@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.hostcpu.libvirt.plugins.filter.cpu import FilterModule, cpu_from_xml, cpu_xml, live_cpu
+from ansible_collections.hostcpu.libvirt.plugins.filter.cpu import (
+    FilterModule,
+    cpu_from_xml,
+    cpu_problems,
+    cpu_xml,
+    live_cpu,
+    live_cpu_prediction,
+)
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import expansion_data_from_xml
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import build_facts
 
@@ -41,7 +48,7 @@ def facts():
 
 
 def test_the_collection_has_the_three_filters():
-    assert set(FilterModule().filters()) >= {"live_cpu", "cpu_xml", "cpu_from_xml"}
+    assert set(FilterModule().filters()) >= {"live_cpu", "live_cpu_prediction", "cpu_problems", "cpu_xml", "cpu_from_xml"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,3 +183,117 @@ def test_cpu_xml_refuses_bad_input(cpu, indent, message):
 
 def test_cpu_xml_indent():
     assert cpu_xml({"mode": "custom", "model": {"name": "EPYC"}}, 4) == "<cpu mode='custom'>\n    <model>EPYC</model>\n</cpu>"
+
+
+# ---------------------------------------------------------------------------------------------
+# live_cpu_prediction: live_cpu with the refusal as an answer
+
+
+def test_live_cpu_prediction_is_live_cpus_answer_when_the_guest_starts(facts):
+    live = cpu_from_xml(_text(DEFINE / "qemu-hm.live.xml"))
+    prediction = live_cpu_prediction({"mode": "host-model"}, facts, "qemu")
+    assert prediction == {"cpu": live_cpu({"mode": "host-model"}, facts, "qemu"), "error": None, "fix": None, "match": None}
+    assert prediction["cpu"] == live
+
+
+def test_live_cpu_prediction_returns_the_refusal_and_its_fix(facts):
+    prediction = live_cpu_prediction({"mode": "host-model"}, facts, "kvm")
+    assert prediction["cpu"] is None and prediction["match"] is None
+    assert prediction["error"].startswith("libvirt would not start this guest: ")
+    assert "failed to set MSR 0x10a to 0x69" in prediction["error"]
+    assert {"name": "arch-capabilities", "policy": "disable"} in prediction["fix"]
+    with pytest.raises(AnsibleFilterError) as refused:
+        live_cpu({"mode": "host-model"}, facts, "kvm")
+    assert str(refused.value) == "live_cpu: " + prediction["error"], "the same words as live_cpu's failure"
+
+
+def test_live_cpu_prediction_compares_with_the_live_cpu_libvirt_printed(facts):
+    given = _text(DEFINE / "qemu-c-EPYC.given.xml")
+    live_xml = _text(DEFINE / "qemu-c-EPYC.live.xml")
+    assert live_cpu_prediction(given, facts, "qemu", live=live_xml)["match"] is True
+    assert live_cpu_prediction(given, facts, "qemu", live=cpu_from_xml(live_xml))["match"] is True
+    other = cpu_from_xml(_text(DEFINE / "qemu-hm.live.xml"))
+    assert live_cpu_prediction(given, facts, "qemu", live=other)["match"] is False
+    assert live_cpu_prediction({"mode": "host-model"}, facts, "kvm", live=other)["match"] is None, "no prediction, no match"
+
+
+@pytest.mark.parametrize("cpu, live, message", [
+    ({"mode": "sideways"}, None, "mode 'sideways' is not valid"),
+    ({"mode": "host-model"}, 42, "live must be a CPU dict"),
+])
+def test_live_cpu_prediction_still_fails_for_what_is_not_a_cpu(facts, cpu, live, message):
+    with pytest.raises(AnsibleFilterError) as refused:
+        live_cpu_prediction(cpu, facts, "qemu", live=live)
+    assert str(refused.value).startswith("live_cpu_prediction: ") and message in str(refused.value)
+
+
+def test_live_cpu_prediction_fails_for_facts_without_expansion_data(facts):
+    entry = dict(facts["virt_types"]["qemu"])
+    entry.pop("expansion")
+    with pytest.raises(AnsibleFilterError, match="^live_cpu_prediction: the host facts of virt type 'qemu' carry no expansion data"):
+        live_cpu_prediction({"mode": "host-model"}, entry)
+
+
+# ---------------------------------------------------------------------------------------------
+# cpu_problems: domain_cpu's checks before anything is defined
+
+
+def test_cpu_problems_finds_none_in_cpus_the_host_starts(facts):
+    assert cpu_problems({"mode": "host-model"}, facts, "qemu") == []
+    assert cpu_problems({"mode": "custom", "model": {"name": "qemu64"}}, facts, "qemu") == []
+    assert cpu_problems(_text(DEFINE / "qemu-c-EPYC.given.xml"), facts, "qemu") == []
+    assert cpu_problems(None, facts, "qemu") == cpu_problems({}, facts) == [], "no <cpu>: libvirt's default"
+
+
+def test_cpu_problems_names_a_mode_the_virt_type_does_not_support(facts):
+    problems = cpu_problems({"mode": "host-passthrough"}, facts, "qemu")
+    assert len(problems) == 1
+    assert problems[0].startswith("CPU mode 'host-passthrough' is not supported for qemu guests on this host")
+    assert "use one of the supported modes: maximum, host-model, custom" in problems[0]
+    assert cpu_problems({"mode": "host-passthrough"}, facts, "kvm") == []
+
+
+def test_cpu_problems_names_an_unknown_model_and_the_close_ones(facts):
+    problems = cpu_problems({"model": {"name": "EPYC-Romee"}}, facts["virt_types"]["qemu"])
+    assert len(problems) == 1
+    assert problems[0].startswith("CPU model 'EPYC-Romee' is not known to QEMU for qemu guests on this host")
+    assert "did you mean 'EPYC-Rome'" in problems[0]
+
+
+def test_cpu_problems_applies_libvirts_grammar(facts):
+    assert cpu_problems({"mode": "sideways"}, facts, "qemu") == ["mode 'sideways' is not valid; use one of: custom, host-model, "
+                                                                  "host-passthrough, maximum"]
+    assert cpu_problems(42, facts, "qemu") == ["the CPU must be a CPU dict (like {mode: host-model}) or <cpu> XML text, got int"]
+
+
+def test_cpu_problems_checks_each_guest_under_its_virt_type(facts):
+    guests = [
+        {"name": "a", "virt_type": "qemu", "cpu": {"mode": "host-passthrough"}},
+        {"name": "b", "virt_type": "kvm", "cpu": {"mode": "host-passthrough"}},
+        {"name": "c", "virt_type": "qemu", "cpu": None},
+        {"name": "d", "cpu": {"model": {"name": "NoSuchModel"}}},
+        {"name": "e", "virt_type": "qemu", "cpu": {"mode": "maximum", "match": "exact"}},
+    ]
+    problems = cpu_problems(guests, facts)
+    assert [problem.split(":", 1)[0] for problem in problems] == ["a", "d", "e"]
+    assert "CPU mode 'host-passthrough' is not supported for qemu guests" in problems[0]
+    assert "CPU model 'NoSuchModel' is not known to QEMU for kvm guests" in problems[1], "kvm is the default virt type"
+    assert "match" in problems[2]
+
+
+def test_cpu_problems_reports_a_virt_type_the_facts_lack(facts):
+    only_qemu = dict(facts, virt_types={"qemu": facts["virt_types"]["qemu"]})
+    problems = cpu_problems([{"name": "a", "virt_type": "kvm", "cpu": {"mode": "host-model"}}], only_qemu)
+    assert problems == ["a: host_facts have no virt type 'kvm' (they have: qemu); pass virt_type='qemu' or probe that "
+                        "virt type with hostcpu.libvirt.cpu_facts"]
+
+
+@pytest.mark.parametrize("cpus, host_facts, message", [
+    ([{"cpu": {"mode": "host-model"}}], None, "each guest must be a mapping {name, cpu, virt_type}"),
+    (["web1"], None, "each guest must be a mapping {name, cpu, virt_type}, got 'web1'"),
+    ({"mode": "host-model"}, {"arch": "x86_64"}, "host_facts have neither 'virt_types' nor 'modes'"),
+])
+def test_cpu_problems_fails_for_input_of_the_wrong_shape(facts, cpus, host_facts, message):
+    with pytest.raises(AnsibleFilterError) as refused:
+        cpu_problems(cpus, facts if host_facts is None else host_facts, "qemu")
+    assert str(refused.value).startswith("cpu_problems: ") and message in str(refused.value)
