@@ -152,9 +152,9 @@ galaxy: venv daemons
 	$(RELEASE_PYTEST) tests/release
 	TOOLS=$$($(RELEASE_TOOLS)) bash scripts/docs.sh
 
-# After merging changelog fragments: fold them into the release galaxy.yml names.
+# After merging new fragments or plugins: fold them into the release galaxy.yml names (its date: today).
 changelog: venv
-	tools=$$($(RELEASE_TOOLS)) && PATH=$$tools/bin:$$PATH $$tools/bin/antsibull-changelog release --update-existing
+	tools=$$($(RELEASE_TOOLS)) && PATH=$$tools/bin:$$PATH $$tools/bin/antsibull-changelog release --update-existing --reload-plugins
 
 # setup first, then every suite; make stops at the first failing one. pytest finding no test
 # (exit 5) or no directory (exit 4) fails too: no suite is skipped silently.
