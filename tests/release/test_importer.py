@@ -30,13 +30,13 @@ def imported(tools: Path, tarball: Path, dependencies_path: Path, tmp_path_facto
 
 
 def test_importer_complains_of_nothing(imported: tuple[str, dict]) -> None:
-    log, _ = imported
+    log = imported[0]
     assert "Importer processing completed successfully" in log
     assert COMPLAINT.findall(log) == [], "\n".join(match.group(0) for match in COMPLAINT.finditer(log))
 
 
 def test_importer_loads_every_plugin_doc_and_role_readme(imported: tuple[str, dict]) -> None:
-    _, result = imported
+    result = imported[1]
     contents = {(entry["content_type"], entry["content_name"]): entry for entry in result["docs_blob"]["contents"]}
     documented = {("module", path.stem) for path in (ROOT / "plugins/modules").glob("*.py")}
     documented |= {(kind, path.stem) for kind in ("filter", "test") for path in (ROOT / "plugins" / kind).glob("*.yml")}
