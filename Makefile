@@ -13,6 +13,9 @@ SHELL       := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
+# Caches that survive a fresh clone (venvs of other Pythons, ...), one subdirectory per user.
+HOSTCPU_CACHE ?= /var/cache/hostcpu-libvirt
+export HOSTCPU_CACHE
 VENV   := $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.stamp
@@ -72,6 +75,8 @@ sanity: venv
 unit: venv testdata
 	$(PYTEST) tests/unit
 
+# Includes test_managed_pythons.py: the modules on managed-host Pythons 3.9-3.13 (pyenv), each in a
+# venv cached under $(HOSTCPU_CACHE)/managed-python/ (about 6 minutes to build them all, 45 s warm).
 integration: venv daemons
 	$(PYTEST) tests/integration
 

@@ -16,6 +16,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     ordered,
     validate_cpu,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import cpu_from_whole
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError, brief
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import live_cpu_or_refusal, predict_live_cpu
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import cpu_input, plain, select_entry
@@ -64,33 +65,42 @@ def live_cpu_prediction(cpu: Any, host_facts: Any, virt_type: Optional[str] = No
     return prediction
 
 
-def _problems_of_cpu(cpu: Any, host_facts: Any, virt_type: Optional[str]) -> List[str]:
+def _cpu_option(cpu: Any) -> Dict[str, Any]:
+    """A CPU as domain_cpu's cpu option takes it (null values dropped, features may be {name: policy}), or XML."""
+    if isinstance(cpu, Mapping):
+        return cpu_from_whole(plain(cpu))
+    return cpu_input(cpu)
+
+
+def _problems_of_cpu(cpu: Any, host_facts: Any, virt_type: Optional[str], partial: bool) -> List[str]:
     try:
-        wanted = cpu_input(cpu)
+        wanted = _cpu_option(cpu)
     except CPUError as exc:
         return [str(exc)]
     if not wanted:
         return []
     entry = select_entry(host_facts, virt_type, "host_facts")
-    return host_problems(wanted, entry["domain_type"], dict(entry))
+    return host_problems(wanted, entry["domain_type"], dict(entry), partial)
 
 
-def _problems_of_guest(guest: Any, host_facts: Any, virt_type: Optional[str]) -> List[str]:
+def _problems_of_guest(guest: Any, host_facts: Any, virt_type: Optional[str], partial: bool) -> List[str]:
     if not isinstance(guest, Mapping) or not isinstance(guest.get("name"), str):
         raise AnsibleFilterError(brief("cpu_problems: each guest must be a mapping {name, cpu, virt_type}, got %r" % (guest,)))
     try:
-        problems = _problems_of_cpu(guest.get("cpu"), host_facts, guest.get("virt_type") or virt_type)
+        problems = _problems_of_cpu(guest.get("cpu"), host_facts, guest.get("virt_type") or virt_type, partial)
     except CPUError as exc:
         problems = [str(exc)]
     return ["%s: %s" % (guest["name"], problem) for problem in problems]
 
 
-def cpu_problems(cpus: Any, host_facts: Any, virt_type: Optional[str] = None) -> List[str]:
+def cpu_problems(cpus: Any, host_facts: Any, virt_type: Optional[str] = None, partial: bool = False) -> List[str]:
     """Why the host of *host_facts* would refuse a CPU (or each guest's CPU) before anything is defined; [] when it would not."""
+    if not isinstance(partial, bool):
+        raise AnsibleFilterError("cpu_problems: partial must be true or false, got %r" % (partial,))
     if isinstance(cpus, list):
-        return [problem for guest in cpus for problem in _problems_of_guest(guest, host_facts, virt_type)]
+        return [problem for guest in cpus for problem in _problems_of_guest(guest, host_facts, virt_type, partial)]
     try:
-        return _problems_of_cpu(cpus, host_facts, virt_type)
+        return _problems_of_cpu(cpus, host_facts, virt_type, partial)
     except CPUError as exc:
         raise AnsibleFilterError("cpu_problems: %s" % exc) from None
 

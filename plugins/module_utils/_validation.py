@@ -247,13 +247,26 @@ def validate_for_host(cpu: CPUDict, virt_type: str, entry: Optional[Dict[str, An
     return Findings(errors, warnings)
 
 
-def host_problems(cpu: CPUDict, virt_type: str, entry: Dict[str, Any]) -> List[str]:
+def host_problems(cpu: CPUDict, virt_type: str, entry: Dict[str, Any], partial: bool = False) -> List[str]:
     """The errors of ``validate_for_host`` for *cpu* on the host of one facts entry (``virt_types.<virt type>``):
     libvirt's grammar, a mode the virt type does not support, a model QEMU does not know. Feature
-    names need libvirt's CPU map on the host, so the module checks them."""
+    names need libvirt's CPU map on the host, so the module checks them.
+
+    *partial*: *cpu* is a change that domain_cpu merges into a domain's CPU, so only the mode and
+    the model it names are checked (the merged CPU is validated by domain_cpu itself).
+    """
     if not cpu:
         return []
-    return validate_for_host(cpu, virt_type, entry, None, parse_version(entry.get("libvirt_version"))).errors
+    version = parse_version(entry.get("libvirt_version"))
+    if not partial:
+        return validate_for_host(cpu, virt_type, entry, None, version).errors
+    errors = check_definition({"mode": cpu["mode"]}) if cpu.get("mode") else []
+    if cpu.get("mode") and not errors:
+        errors += check_mode(normalize_cpu({"mode": cpu["mode"]}, virt_type, version), virt_type, entry)
+    name = (cpu.get("model") or {}).get("name")
+    if name and not errors:
+        errors += check_model(normalize_cpu({"mode": "custom", "model": {"name": name}}, virt_type, version), virt_type, entry).errors
+    return errors
 
 
 def raise_for(findings_by_domain: Dict[str, Findings]) -> None:

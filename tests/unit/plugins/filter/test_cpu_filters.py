@@ -261,8 +261,8 @@ def test_cpu_problems_names_an_unknown_model_and_the_close_ones(facts):
 
 
 def test_cpu_problems_applies_libvirts_grammar(facts):
-    assert cpu_problems({"mode": "sideways"}, facts, "qemu") == ["mode 'sideways' is not valid; use one of: custom, host-model, "
-                                                                  "host-passthrough, maximum"]
+    refused = ["mode 'sideways' is not valid; use one of: custom, host-model, host-passthrough, maximum"]
+    assert cpu_problems({"mode": "sideways"}, facts, "qemu") == refused
     assert cpu_problems(42, facts, "qemu") == ["the CPU must be a CPU dict (like {mode: host-model}) or <cpu> XML text, got int"]
 
 
@@ -297,3 +297,28 @@ def test_cpu_problems_fails_for_input_of_the_wrong_shape(facts, cpus, host_facts
     with pytest.raises(AnsibleFilterError) as refused:
         cpu_problems(cpus, facts if host_facts is None else host_facts, "qemu")
     assert str(refused.value).startswith("cpu_problems: ") and message in str(refused.value)
+
+
+def test_cpu_problems_reads_a_cpu_as_domain_cpus_cpu_option_does(facts):
+    assert cpu_problems({"mode": "host-model", "features": {"arch-capabilities": "disable"}}, facts, "qemu") == []
+    assert cpu_problems({"mode": None, "model": {"name": "qemu64"}}, facts, "qemu") == [], "null means not set"
+    assert cpu_problems({"mode": "host-model", "colour": "blue"}, facts, "qemu") == [
+        "the option cpu has unknown CPU keys colour; allowed: mode, match, check, migratable, model, vendor, topology, "
+        "cache, maxphysaddr, features"]
+
+
+def test_cpu_problems_of_a_partial_cpu_checks_only_the_mode_and_model_it_names(facts):
+    merged_later = [{"features": [{"name": "svm", "policy": "disable"}]}, {"vendor": "AMD"}, {"migratable": True}]
+    for cpu in merged_later:
+        assert cpu_problems(cpu, facts, "qemu"), "a whole CPU like this is refused"
+        assert cpu_problems(cpu, facts, "qemu", partial=True) == [], "merged into the domain's CPU by domain_cpu"
+    assert cpu_problems({"mode": "host-passthrough"}, facts, "qemu", partial=True) == cpu_problems(
+        {"mode": "host-passthrough"}, facts, "qemu")
+    assert cpu_problems({"model": {"name": "NoSuchModel"}}, facts, "qemu", partial=True)[0].startswith(
+        "CPU model 'NoSuchModel' is not known to QEMU for qemu guests on this host")
+    assert cpu_problems({"mode": "bogus"}, facts, "qemu", partial=True) == [
+        "mode 'bogus' is not valid; use one of: custom, host-model, host-passthrough, maximum"]
+    assert cpu_problems([{"name": "a", "virt_type": "qemu", "cpu": {"vendor": "AMD", "mode": "host-passthrough"}}],
+                        facts, partial=True)[0].startswith("a: CPU mode 'host-passthrough' is not supported")
+    with pytest.raises(AnsibleFilterError, match="partial must be true or false, got 'yes'"):
+        cpu_problems({"mode": "host-model"}, facts, "qemu", partial="yes")
