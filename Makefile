@@ -6,6 +6,7 @@
 #   make demo         setup, then playbooks/demo.yml against this machine
 #   make bench        setup, then the benchmarks (bench/run.py, ~10 min; not part of make test)
 #   make matrix       sanity, unit, ansible-doc and a smoke playbook on each ansible-core 2.17-2.21
+#   make galaxy       release-check (build, galaxy-importer, install, smoke) + ee + docs; part of make test
 # See DEVELOPERS.md.
 
 SHELL       := /bin/bash
@@ -34,11 +35,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # -rs: every skipped test is listed with its reason at the end.
 PYTEST := $(PY) -m pytest -rs
 
-.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench matrix
+.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench matrix release-venv release-check ee docs galaxy changelog
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
-	@echo '  targets: venv system daemons setup sanity unit integration reliability accuracy fleet molecule lint matrix testdata demo bench test clean'
+	@echo '  targets: venv system daemons setup sanity unit integration reliability accuracy fleet molecule lint matrix testdata demo bench release-check ee docs galaxy changelog test clean'
 
 # --- set-up ------------------------------------------------------------------------------
 
@@ -125,6 +126,50 @@ demo: setup
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# --- release: Galaxy, execution environment, docs ------------------------------------------
+# Their tools (galaxy-importer, ansible-builder, antsibull-docs, antsibull-changelog, Sphinx) live in
+# a venv of tests/release/requirements.txt, and the install check's ansible-core in a venv of
+# tests/release/install-requirements.txt, both under $(HOSTCPU_CACHE)/release/<name>-<hash>,
+# built by scripts/release-venv.sh when missing and reused across clones while the file is unchanged.
+HOSTCPU_CACHE ?= /var/cache/hostcpu-libvirt
+RELEASE_VENV  := HOSTCPU_CACHE=$(HOSTCPU_CACHE) bash scripts/release-venv.sh
+RELEASE_TOOLS := $(RELEASE_VENV) tools tests/release/requirements.txt
+RELEASE_USER  := $(RELEASE_VENV) install tests/release/install-requirements.txt
+# The smoke playbook the install check runs on the installed tarball (from branch matrix).
+SMOKE_PLAYBOOK ?= $(CURDIR)/tests/smoke/playbook.yml
+RELEASE_PYTEST = HOSTCPU_RELEASE_TOOLS=$$($(RELEASE_TOOLS)) HOSTCPU_RELEASE_INSTALL=$$($(RELEASE_USER)) \
+	HOSTCPU_SMOKE_PLAYBOOK=$(SMOKE_PLAYBOOK) $(PYTEST)
+
+release-venv: system
+	$(RELEASE_TOOLS)
+	$(RELEASE_USER)
+
+# The tarball from this (dirty) checkout and from a copy full of caches packs only source files;
+# versions agree with the released changelog; galaxy-importer (offline) on it finds nothing; a
+# plain `ansible-galaxy collection install` into a fresh collections path with the install venv's
+# ansible-core runs the smoke playbook on qemu:///system.
+release-check: venv daemons
+	$(RELEASE_PYTEST) tests/release/test_build.py tests/release/test_importer.py tests/release/test_install.py
+
+# `ansible-builder create` with the built tarball: a complete build context whose own galaxy and
+# introspection steps yield the collection's Python requirements and bindep entries.
+ee: venv
+	$(RELEASE_PYTEST) tests/release/test_ee.py
+
+# The docs site (antsibull-docs + Sphinx, offline) in .cache/docs/site/build/html, 0 warnings,
+# and lint-collection-docs at 0 errors.
+docs: venv
+	TOOLS=$$($(RELEASE_TOOLS)) bash scripts/docs.sh
+
+# What make test runs: release-check and ee in one pytest session (one tarball), then docs.
+galaxy: venv daemons
+	$(RELEASE_PYTEST) tests/release
+	TOOLS=$$($(RELEASE_TOOLS)) bash scripts/docs.sh
+
+# After merging new fragments or plugins: fold them into the release galaxy.yml names (its date: today).
+changelog: venv
+	tools=$$($(RELEASE_TOOLS)) && PATH=$$tools/bin:$$PATH $$tools/bin/antsibull-changelog release --update-existing --reload-plugins
+
 # setup first, then every suite; make stops at the first failing one. pytest finding no test
 # (exit 5) or no directory (exit 4) fails too: no suite is skipped silently.
 test: setup
@@ -135,6 +180,7 @@ test: setup
 	$(MAKE) --no-print-directory accuracy
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory molecule
+	$(MAKE) --no-print-directory galaxy
 
 # --- cleaning ----------------------------------------------------------------------------
 

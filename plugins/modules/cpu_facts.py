@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: cpu_facts
 short_description: Probe the CPU a libvirt host gives its guests
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Reads the host CPU from libvirt's capabilities and, per virt type (V(kvm) when KVM is usable,
     V(qemu) (TCG) whenever QEMU is installed), the domain capabilities, that is which CPU modes are
@@ -23,6 +23,9 @@ description:
 author:
   - hostcpu.libvirt maintainers (@hostcpu)
 extends_documentation_fragment:
+  - hostcpu.libvirt.attributes
+  - hostcpu.libvirt.attributes.INFO_MODULE
+  - hostcpu.libvirt.attributes.FACTS
   - hostcpu.libvirt.connection
 options:
   virt_types:
@@ -84,15 +87,9 @@ notes:
   - Supports check mode and runs the same in it.
 attributes:
   check_mode:
-    description: Can run in check mode and return the facts it would set.
-    support: full
-    details: Runs exactly as without check mode; O(verify_modes) still starts its transient guests, which leave nothing behind.
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
-    support: none
-  facts:
-    description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
-    support: full
+    details:
+      - Runs exactly as without check mode and returns the facts; O(verify_modes) and O(expansion)
+        still start their transient paused guests, which leave nothing behind.
 """
 
 EXAMPLES = r"""
