@@ -5,6 +5,8 @@
 #   make test         setup, then sanity, unit and integration (any failure fails)
 #   make demo         setup, then playbooks/demo.yml against this machine
 #   make bench        setup, then the benchmarks (bench/run.py, ~10 min; not part of make test)
+#   make testbed      a mixed-version fleet: chroot hosts of other Debian releases (scripts/testbed)
+#   make testbed-stop stop the testbed's daemons (its trees stay in $(HOSTCPU_CACHE)/testbed)
 # See DEVELOPERS.md.
 
 SHELL       := /bin/bash
@@ -17,6 +19,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.stamp
 COLLECTIONS := $(CURDIR)/.collections
 COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/hostcpu/libvirt
+# Caches that outlive a checkout (chroot trees, ...), one subdirectory per purpose.
+HOSTCPU_CACHE ?= /var/cache/hostcpu-libvirt
+export HOSTCPU_CACHE
+TESTBED_INVENTORY := $(HOSTCPU_CACHE)/testbed/inventory.ini
 
 # Only our checkout (through .collections) plus the collections bundled in the venv's `ansible`
 # package (found on sys.path): nothing from ~/.ansible or /usr/share/ansible.
@@ -30,11 +36,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # -rs: every skipped test is listed with its reason at the end.
 PYTEST := $(PY) -m pytest -rs
 
-.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench
+.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench testbed testbed-stop testbed-test testbed-fixtures
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
-	@echo '  targets: venv system daemons setup sanity unit integration reliability accuracy fleet molecule lint testdata demo bench test clean'
+	@echo '  targets: venv system daemons setup sanity unit integration reliability accuracy fleet molecule lint testdata demo bench testbed testbed-stop testbed-test test clean'
 
 # --- set-up ------------------------------------------------------------------------------
 
@@ -111,6 +117,27 @@ demo: setup
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# --- the testbed: a mixed-version fleet on this machine (scripts/testbed/README.md) -------------
+
+# Builds the missing chroot trees (in parallel), starts what does not run, writes and prints
+# $(TESTBED_INVENTORY). A second run reuses the trees and leaves running hosts alone.
+testbed: system daemons
+	bash scripts/testbed/build.sh
+	bash scripts/testbed/start.sh
+
+# Stops every chroot host's guests and daemons; removes no tree, leaves no mount.
+testbed-stop:
+	bash scripts/testbed/stop.sh
+
+# tests/testbed against the four hosts: Ansible over SSH, cpu_facts, paused guests, live
+# migration between every neighbour, a libvirtd restart, and this machine left as it was.
+testbed-test: venv testbed
+	TESTBED_INVENTORY=$(TESTBED_INVENTORY) $(PYTEST) tests/testbed
+
+# Re-records tests/unit/fixtures/versions/<libvirt>/ from every testbed host (commit the result).
+testbed-fixtures: venv testbed
+	$(PY) scripts/testbed/capture_fixtures.py --inventory $(TESTBED_INVENTORY)
+
 # setup first, then every suite; make stops at the first failing one. pytest finding no test
 # (exit 5) or no directory (exit 4) fails too: no suite is skipped silently.
 test: setup
@@ -121,6 +148,7 @@ test: setup
 	$(MAKE) --no-print-directory accuracy
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory molecule
+	$(MAKE) --no-print-directory testbed-test
 
 # --- cleaning ----------------------------------------------------------------------------
 
