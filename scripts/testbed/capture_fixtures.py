@@ -13,7 +13,8 @@ For every host of the testbed inventory it (re)writes tests/unit/fixtures/versio
 * ``cpu_facts.json``               ansible_facts.hostcpu of hostcpu.libvirt.cpu_facts run on the
                                    host (over SSH, with the host's python3), expansions included
                                    where the module stores them
-* ``versions.json``                suite, libvirt, QEMU, python3 and package versions
+* ``versions.json``                suite, libvirt, QEMU, python3 and package versions, and the
+                                   warnings cpu_facts gave on that host
 
 It reads only; the one guest cpu_facts starts is its own transient probe.
 """
@@ -64,15 +65,16 @@ def in_tree(tree: str, argv: List[str]) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
 
 
-def cpu_facts(inventory: Path) -> Dict[str, Any]:
-    """ansible_facts.hostcpu (or the failure) of cpu_facts on every testbed host."""
+def cpu_facts(inventory: Path) -> Dict[str, Dict[str, Any]]:
+    """Per testbed host, cpu_facts' result: ansible_facts.hostcpu (or the failure) and its warnings."""
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
                ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     proc = subprocess.run([str(Path(sys.executable).parent / "ansible"), "testbed", "-i", str(inventory),
                            "-m", "hostcpu.libvirt.cpu_facts"], capture_output=True, text=True, env=env,
                           cwd=str(ROOT), check=False, timeout=900)
     results = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]
-    return {name: result.get("ansible_facts", {}).get("hostcpu", {"failed": True, "msg": result.get("msg")})
+    return {name: {"facts": result.get("ansible_facts", {}).get("hostcpu", {"failed": True, "msg": result.get("msg")}),
+                   "warnings": result.get("warnings", [])}
             for name, result in results.items()}
 
 
@@ -81,7 +83,7 @@ def write(path: Path, text: str) -> None:
     path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
 
-def capture(host: Dict[str, str], facts: Dict[str, Any], out_root: Path) -> Path:
+def capture(host: Dict[str, str], result: Dict[str, Any], out_root: Path) -> Path:
     conn = libvirt.open(host["testbed_libvirt_uri"])
     try:
         out = out_root / version_text(conn.getLibVersion())
@@ -100,13 +102,14 @@ def capture(host: Dict[str, str], facts: Dict[str, Any], out_root: Path) -> Path
     (out / "cpu_map").mkdir()
     for source in sorted(cpu_map.glob("index.xml")) + sorted(cpu_map.glob("x86_*.xml")):
         shutil.copy(source, out / "cpu_map" / source.name)
-    write(out / "cpu_facts.json", json.dumps(facts, indent=1, sort_keys=True))
+    write(out / "cpu_facts.json", json.dumps(result["facts"], indent=1, sort_keys=True))
     tree = host["testbed_tree"]
     versions = {
         "suite": host["testbed_suite"],
         "libvirt": out.name,
         "qemu": qemu_version,
         "virt_types": virt_types,
+        "cpu_facts_warnings": result["warnings"],
         "python3": in_tree(tree, ["/usr/bin/python3", "-c", "import platform; print(platform.python_version())"]),
         "packages": {name: in_tree(tree, ["dpkg-query", "-W", "-f", "${Version}", name]) or None for name in PACKAGES},
     }
