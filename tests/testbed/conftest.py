@@ -129,8 +129,8 @@ def remove_guests(conn: Any) -> None:
 def offered_virt_types(conn: Any) -> List[str]:
     """The virt types the host's capabilities offer for x86_64 guests (kvm, qemu)."""
     caps = conn.getCapabilities()
-    return [vt for vt in ("kvm", "qemu") if re.search(r"<arch name='x86_64'>(?:(?!</arch>).)*<domain type='%s'" % vt,
-                                                        caps, re.S)]
+    pattern = r"<arch name='x86_64'>(?:(?!</arch>).)*<domain type='%s'"
+    return [vt for vt in ("kvm", "qemu") if re.search(pattern % vt, caps, re.S)]
 
 
 @pytest.fixture(scope="session")
