@@ -36,7 +36,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # -rs: every skipped test is listed with its reason at the end.
 PYTEST := $(PY) -m pytest -rs
 
-.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench testbed testbed-stop testbed-test testbed-fixtures
+.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench testbed testbed-stop testbed-test testbed-fixtures testbed-molecule
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -96,8 +96,9 @@ fleet: venv daemons
 	molecule test -s fleet
 
 # Every molecule scenario under extensions/molecule (the roles against the real libvirtd: default,
-# lifecycle, fleet), each with its idempotence step and a cleanup that removes its guests.
-molecule: venv daemons
+# lifecycle, fleet, testbed), each with its idempotence step and a cleanup that removes its guests.
+# testbed runs against the hosts of `make testbed`, hence that prerequisite.
+molecule: venv daemons testbed
 	molecule test --all
 
 # ansible-lint, production profile (.ansible-lint), on the roles, playbooks and molecule scenarios.
@@ -133,6 +134,11 @@ testbed-stop:
 # migration between every neighbour, a libvirtd restart, and this machine left as it was.
 testbed-test: venv testbed
 	TESTBED_INVENTORY=$(TESTBED_INVENTORY) $(PYTEST) tests/testbed
+
+# Molecule scenario extensions/molecule/testbed alone: the host, guest and fleet roles over SSH
+# against the four testbed hosts (extensions/molecule/testbed/README.md).
+testbed-molecule: venv testbed
+	molecule test -s testbed
 
 # Re-records tests/unit/fixtures/versions/<libvirt>/ from every testbed host (commit the result).
 testbed-fixtures: venv testbed
