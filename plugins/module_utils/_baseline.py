@@ -33,7 +33,8 @@ How the baseline is made (and why):
    libvirt fails the start on any feature QEMU added or could not give, instead of silently
    adjusting the live CPU as ``partial`` does: under kvm QEMU adds ``x2apic`` to most models, so a
    ``partial`` guest would run a different CPU under kvm than under TCG and fail to migrate),
-   the vendor when every host has the same one, ``require`` for the common features the model
+   the vendor when every host has the same one (TCG hosts emulate any vendor: only hosts of
+   other virt types, i.e. hardware, can have conflicting vendors), ``require`` for the common features the model
    lacks, ``disable`` for the model's features some host lacks.
 5. Proof by prediction: the CPU is predicted on every distinct host; features a host's hypervisor
    would add are disabled, features a host cannot give (or that its refusal names) are dropped
@@ -89,6 +90,8 @@ MAX_ROUNDS = 64
 # How many models are tried when the best one cannot be made to start everywhere.
 MAX_MODEL_TRIES = 8
 SHORT_FINGERPRINT = 12
+# The virt type whose guests run on QEMU's emulator (TCG), not on the host's hardware.
+TCG = "qemu"
 
 Entry = Mapping[str, Any]
 
@@ -367,18 +370,37 @@ def _check_arch(hosts: Sequence[DistinctHost]) -> None:
                          "one baseline per architecture" % "; ".join(parts))
 
 
-def _fleet_vendor(hosts: Sequence[DistinctHost]) -> Optional[str]:
+class FleetVendor(NamedTuple):
+    """``models``: the vendor the model must fit; ``cpu``: the <vendor> the fleet CPU names."""
+
+    models: Optional[str]
+    cpu: Optional[str]
+
+
+def _by_vendor(hosts: Iterable[DistinctHost]) -> "OrderedDict[Any, List[DistinctHost]]":
     by_vendor: "OrderedDict[Any, List[DistinctHost]]" = OrderedDict()
     for host in hosts:
         by_vendor.setdefault(host.view.vendor, []).append(host)
+    return by_vendor
+
+
+def _fleet_vendor(hosts: Sequence[DistinctHost]) -> FleetVendor:
+    """The vendor of the hosts' hardware: only hosts whose guests run on it (kvm) can disagree.
+
+    TCG (virt type qemu) emulates a CPU of any vendor: the vendor of its host-model CPU is that of
+    QEMU's 'max' model, not of any hardware, so it never conflicts with the accelerated hosts'.
+    """
+    accelerated = [host for host in hosts if host.view.virt_type != TCG]
+    by_vendor = _by_vendor(accelerated or hosts)
     known = [vendor for vendor in by_vendor if vendor is not None]
     if len(known) > 1:
         parts = ["%s: %s" % (vendor, _names(by_vendor[vendor])) for vendor in known]
         raise FleetError("the hosts have CPUs of different vendors (%s); libvirt refuses a baseline across vendors "
                          "(\"CPU vendors do not match\") and guests cannot migrate between them: compute one baseline "
                          "per vendor" % "; ".join(parts))
-    # As libvirt's baseline: the vendor only when every host names it.
-    return known[0] if known and None not in by_vendor else None
+    everyone = [vendor for vendor in _by_vendor(hosts)]
+    # As libvirt's baseline: <vendor> only when every host names the same one.
+    return FleetVendor(known[0] if known else None, everyone[0] if len(everyone) == 1 else None)
 
 
 def _model_candidates(hosts: Sequence[DistinctHost], vendor: Optional[str], cpu_map: CPUMap,
@@ -558,14 +580,14 @@ def fleet_baseline(records: Sequence[HostRecord], check: str = "full", model: Op
                              % (model, ", ".join(cpu_map.model_order)))
         candidates = [model]
     else:
-        candidates = _model_candidates(hosts, vendor, cpu_map, common)
+        candidates = _model_candidates(hosts, vendor.models, cpu_map, common)
     if not candidates:
         raise FleetError("no CPU model is usable (libvirt's usable='yes') on every host%s; pass model= to choose one "
-                         "whose missing features are disabled" % (" of vendor %s" % vendor if vendor else ""))
+                         "whose missing features are disabled" % (" of vendor %s" % vendor.models if vendor.models else ""))
     proved = all(host.view.predictable for host in hosts)
     errors = []
     for name in candidates[:MAX_MODEL_TRIES]:
-        draft = _Draft(name, vendor, check, common, cpu_map)
+        draft = _Draft(name, vendor.cpu, check, common, cpu_map)
         try:
             if proved:
                 _prove(hosts, draft)

@@ -268,7 +268,9 @@ domains:
       type: str
       sample: web1
     virt_type:
-      description: The domain type of its definition (C(<domain type=...>)), the O(virt_type) to pass to filters such as P(hostcpu.libvirt.live_cpu#filter).
+      description:
+        - The domain type of its definition (C(<domain type=...>)).
+        - The O(hostcpu.libvirt.live_cpu#filter:virt_type) to pass to filters such as P(hostcpu.libvirt.live_cpu#filter).
       type: str
       sample: kvm
     changed:

@@ -8,9 +8,10 @@ and removes them. Tasks that belong together run in one ansible-playbook to keep
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
+from lxml import etree
 
 from conftest import domain_xml, libvirt, module_task
 
@@ -19,10 +20,15 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import rea
 FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
 LIBVIRT_DEFAULT = {"mode": "custom", "match": "exact", "check": "none", "model": {"name": "qemu64", "fallback": "forbid"}}
 NO_ARCH_CAPS = {"arch-capabilities": "disable"}
-# A CPU of each mode that libvirt 9.0 accepts for that virt type on this machine.
+# A CPU of each mode that libvirt 9.0 accepts for that virt type on this machine; kvm's custom
+# model is the first of KVM_CUSTOM_MODELS that libvirt says the host CPU can run (kvm_model).
+KVM_CUSTOM_MODELS = ("Westmere", "kvm64", "pentium3")
+# A CPU every QEMU 7.2 refuses to start: cvt16 is in libvirt 9.0's CPU map but unknown to QEMU
+# ("Property '...-x86_64-cpu.cvt16' not found"), and force skips libvirt's own host check.
+UNSTARTABLE = {"mode": "host-model", "features": {"cvt16": "force"}}
 MODE_ARGS = {
     "kvm": {
-        "custom": {"mode": "custom", "model": "EPYC", "features": {"svm": "disable"}},
+        "custom": {"mode": "custom", "model": "KVM_MODEL"},
         "host-model": {"mode": "host-model", "features": NO_ARCH_CAPS},
         "host-passthrough": {"mode": "host-passthrough", "migratable": False},
         "maximum": {"mode": "maximum"},
@@ -53,6 +59,35 @@ def only(result: Dict[str, Any]) -> Dict[str, Any]:
     return domain
 
 
+@pytest.fixture(scope="module")
+def kvm_model(conn) -> str:
+    """The first of KVM_CUSTOM_MODELS that libvirt's compareCPU says this host's CPU runs."""
+    for model in KVM_CUSTOM_MODELS:
+        try:
+            conn.compareCPU("<cpu><model>%s</model></cpu>" % model, libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
+        except libvirt.libvirtError:
+            continue
+        return model
+    raise AssertionError("the host CPU runs none of %s under kvm" % ", ".join(KVM_CUSTOM_MODELS))
+
+
+def mode_args(virt_type: str, mode: str, kvm_model: str) -> Dict[str, Any]:
+    args = dict(MODE_ARGS[virt_type][mode])
+    if args.get("model") == "KVM_MODEL":
+        args["model"] = kvm_model
+    return args
+
+
+def start_error(conn, name: str, virt_type: str, cpu_xml: str) -> str:
+    """libvirt's own refusal to start a guest with *cpu_xml* (the oracle for validation messages)."""
+    try:
+        dom = conn.createXML(domain_xml(name, virt_type, cpu_xml), libvirt.VIR_DOMAIN_START_PAUSED)
+    except libvirt.libvirtError as exc:
+        return str(exc)
+    dom.destroy()
+    raise AssertionError("libvirt started %s with %s" % (name, cpu_xml))
+
+
 def cpu_task(names, check_mode: bool = False, diff_mode: bool = False, **args: Any) -> Dict[str, Any]:
     """A domain_cpu task; *args* are the module's options."""
     return module_task("domain_cpu", dict(args, name=names), check_mode=check_mode, diff=diff_mode)
@@ -63,13 +98,13 @@ def cpu_task(names, check_mode: bool = False, diff_mode: bool = False, **args: A
 
 
 @pytest.mark.parametrize("virt_type", ["kvm", "qemu"])
-def test_every_mode_is_set_once_then_never_again(virt_type, virt_types, domains, run_tasks):
+def test_every_mode_is_set_once_then_never_again(virt_type, virt_types, kvm_model, domains, run_tasks):
     if virt_type not in virt_types:
         pytest.skip("no usable /dev/kvm")
     doms = {mode: domains.define(mode, virt_type) for mode in MODE_ARGS[virt_type]}
     tasks = []
     for check in (False, False, True):
-        tasks += [cpu_task(dom.name(), check_mode=check, **MODE_ARGS[virt_type][mode]) for mode, dom in doms.items()]
+        tasks += [cpu_task(dom.name(), check_mode=check, **mode_args(virt_type, mode, kvm_model)) for mode, dom in doms.items()]
     results = run_tasks(tasks)
     count = len(doms)
     for index, (mode, dom) in enumerate(doms.items()):
@@ -181,7 +216,7 @@ def test_one_invalid_domain_in_the_list_changes_none(domains, run_module):
 
 VALIDATION_ERRORS = [
     ("kvm", {"mode": "custom", "model": "EPYCC"}, "did you mean 'EPYC'"),
-    ("kvm", {"mode": "custom", "model": "NoSuchModel"}, "models usable here: pentium3, pentium2, pentium, 486"),
+    ("kvm", {"mode": "custom", "model": "NoSuchModel"}, "models usable here: USABLE_MODELS"),
     ("kvm", {"mode": "host-model", "features": {"arch-capabilitis": "disable"}}, "did you mean 'arch-capabilities'"),
     ("kvm", {"mode": "host-model", "features": {"sse3": "disable"}}, "libvirt calls it 'pni'"),
     ("qemu", {"mode": "host-passthrough"}, "CPU mode 'host-passthrough' is not supported for qemu guests"),
@@ -190,7 +225,6 @@ VALIDATION_ERRORS = [
     ("kvm", {"mode": "host-model", "match": "exact"}, "match applies to mode custom only"),
     ("kvm", {"mode": "custom", "model": "pentium3", "vendor_id": "AuthenticAM"}, "vendor_id must be exactly 12 characters"),
     ("kvm", {"mode": "host-model", "features": {"svm": "maybe"}}, "feature 'svm' policy 'maybe' is not valid"),
-    ("kvm", {"mode": "custom", "model": "EPYC"}, "the host does not provide required features svm. Disable them (features: {svm: disable})"),
     ("kvm", {"mode": "host-model", "features": {"arch-capabilities": "disable", "clwb": "forbid"}}, "forbidden feature"),
     ("qemu", {"mode": "host-model", "features": {"pcid": "require"}}, "the host does not provide required features pcid"),
     ("kvm", {"state": "absent", "mode": "maximum"}, "state absent removes <cpu>; do not combine it with CPU options (mode)"),
@@ -198,16 +232,45 @@ VALIDATION_ERRORS = [
 ]
 
 
-def test_each_validation_error_is_clear_and_changes_nothing(virt_types, domains, run_tasks):
+def usable_kvm_models(conn) -> List[str]:
+    """The models libvirt's kvm domain capabilities call usable='yes', in libvirt's order."""
+    caps = etree.fromstring(conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0).encode())
+    return [model.text for model in caps.findall("./cpu/mode[@name='custom']/model") if model.get("usable") == "yes"]
+
+
+def test_each_validation_error_is_clear_and_changes_nothing(conn, virt_types, domains, run_tasks):
+    usable = ", ".join(usable_kvm_models(conn)) if "kvm" in virt_types else ""
     doms = {vt: domains.define(vt, vt, "<cpu mode='maximum'/>", start=False) for vt in virt_types}
     before = {vt: inactive(dom) for vt, dom in doms.items()}
     cases = [case for case in VALIDATION_ERRORS if case[0] in doms]
     results = run_tasks([cpu_task(doms[vt].name(), **args) for vt, args, _words in cases])
     for (vt, args, words), result in zip(cases, results):
         assert result.get("failed"), (args, result)
-        assert words in result["msg"], (args, result["msg"])
+        assert words.replace("USABLE_MODELS", usable) in result["msg"], (args, result["msg"])
         assert "Traceback" not in result["msg"] and "exception" not in result
     assert {vt: inactive(dom) for vt, dom in doms.items()} == before
+
+
+def test_a_model_the_host_cannot_run_is_refused_with_libvirts_own_missing_features(conn, virt_types, domains, run_tasks):
+    """The missing features domain_cpu names (and tells to disable) are the ones libvirt names at start.
+    One of the models is of the other CPU vendor, so some host CPU feature is always missing."""
+    if "kvm" not in virt_types:
+        pytest.skip("no usable /dev/kvm")
+    mark = "Host CPU does not provide required features: "
+    refused = {}
+    for model in ("EPYC", "Cascadelake-Server-noTSX"):
+        real = start_error(conn, domains.name("oracle"), "kvm", "<cpu check='partial'><model>%s</model></cpu>" % model)
+        assert mark in real, (model, real)
+        refused[model] = real.split(mark, 1)[1].split("\n")[0].strip().rstrip(".").split(", ")
+    dom = domains.define("a", "kvm", "<cpu mode='maximum'/>")
+    before = inactive(dom)
+    results = run_tasks([cpu_task(dom.name(), mode="custom", model=model) for model in refused])
+    for (model, missing), result in zip(refused.items(), results):
+        assert result.get("failed"), (model, result)
+        expected = "the host does not provide required features %s. Disable them (features: {%s})" % (
+            ", ".join(missing), ", ".join("%s: disable" % name for name in missing))
+        assert expected in result["msg"], (model, missing, result["msg"])
+    assert inactive(dom) == before
 
 
 def test_unknown_and_transient_domains_are_refused(conn, domains, run_tasks):
@@ -249,12 +312,15 @@ def test_check_mode_predicts_and_writes_nothing_and_diff_shows_cpu(domains, run_
 
 @pytest.mark.parametrize("virt_type,start_cpu,args,new_model", [
     ("kvm", "<cpu mode='host-model'><feature policy='disable' name='arch-capabilities'/></cpu>",
-     {"mode": "custom", "model": "EPYC", "features": {"svm": "disable"}, "features_mode": "replace"}, "EPYC"),
+     {"mode": "custom", "model": "KVM_MODEL", "features_mode": "replace"}, "KVM_MODEL"),
     ("qemu", "", {"mode": "host-model"}, "EPYC"),
-], ids=["kvm-host-model-to-EPYC", "qemu-default-to-host-model"])
-def test_running_guest_gets_the_new_cpu_on_restart_only(virt_type, start_cpu, args, new_model, virt_types, domains, run_tasks):
+], ids=["kvm-host-model-to-custom", "qemu-default-to-host-model"])
+def test_running_guest_gets_the_new_cpu_on_restart_only(virt_type, start_cpu, args, new_model, virt_types, kvm_model,
+                                                        domains, run_tasks):
     if virt_type not in virt_types:
         pytest.skip("no usable /dev/kvm")
+    args = {key: kvm_model if value == "KVM_MODEL" else value for key, value in args.items()}
+    new_model = kvm_model if new_model == "KVM_MODEL" else new_model
     dom = domains.define("a", virt_type, start_cpu, start=True)
     old_live = live_cpu(dom)
     name = dom.name()
@@ -281,17 +347,12 @@ def test_a_running_guest_that_ignores_shutdown_is_destroyed_after_the_timeout(do
     assert live_cpu(dom)["mode"] == "maximum"
 
 
-def test_a_failed_start_restores_the_previous_cpu_and_the_guest(virt_types, domains, run_module):
-    if "kvm" not in virt_types:
-        pytest.skip("no usable /dev/kvm")
-    dom = domains.define("a", "kvm", "<cpu mode='host-model'><feature policy='disable' name='arch-capabilities'/></cpu>", start=True)
+def test_a_failed_start_restores_the_previous_cpu_and_the_guest(domains, run_module):
+    dom = domains.define("a", "qemu", "<cpu mode='host-model'/>", start=True)
     before, old_live = inactive(dom), live_cpu(dom)
-    # nested KVM here refuses MSR 0x10a: host-model without disabling arch-capabilities does not start
-    result = run_module("domain_cpu", {"name": dom.name(), "mode": "host-model", "features": [],
-                                       "features_mode": "replace", "restart": True})
+    result = run_module("domain_cpu", dict(UNSTARTABLE, name=dom.name(), restart=True))
     assert result["failed"]
-    assert "did not start with its new CPU" in result["msg"] and "MSR 0x10a" in result["msg"]
-    assert "features: {arch-capabilities: disable}" in result["msg"]
+    assert "did not start with its new CPU" in result["msg"] and "cvt16" in result["msg"], result["msg"]
     assert "previous CPU definition was restored and it was started again paused" in result["msg"]
     [entry] = result["domains"]
     assert entry["rolled_back"] and not entry["restarted"] and entry["cpu"] == entry["cpu_before"] == stored_cpu(dom)
@@ -348,15 +409,11 @@ def test_a_concurrent_change_is_not_overwritten(conn, domains):
 # predict: the live CPU (or the refusal) before any start
 
 
-def test_predict_tells_the_start_failure_before_a_restart(virt_types, domains, run_module):
-    if "kvm" not in virt_types:
-        pytest.skip("no usable /dev/kvm")
-    dom = domains.define("a", "kvm", "<cpu mode='host-model'><feature policy='disable' name='arch-capabilities'/></cpu>", start=True)
+def test_predict_tells_the_start_failure_before_a_restart(domains, run_module):
+    dom = domains.define("a", "qemu", "<cpu mode='host-model'/>", start=True)
     before = inactive(dom)
-    entry = only(run_module("domain_cpu", {"name": dom.name(), "mode": "host-model", "features": [],
-                                           "features_mode": "replace", "predict": True}, check=True))
-    assert "failed to set MSR 0x10a" in entry["predicted_start_error"]
-    assert entry["predicted_fix"] == [{"name": "arch-capabilities", "policy": "disable"}]
+    entry = only(run_module("domain_cpu", dict(UNSTARTABLE, name=dom.name(), predict=True), check=True))
+    assert "Property 'EPYC-x86_64-cpu.cvt16' not found" in entry["predicted_start_error"], entry
     assert inactive(dom) == before
 
 
@@ -366,17 +423,15 @@ def test_predicted_live_cpu_is_what_the_restart_gives(domains, run_module):
     assert entry["restarted"] and entry["predicted_live_cpu"] == entry["live_cpu"] == live_cpu(dom)
 
 
-def test_a_failed_restart_of_an_earlier_change_starts_the_guest_with_the_cpu_it_ran(virt_types, domains, run_tasks):
-    if "kvm" not in virt_types:
-        pytest.skip("no usable /dev/kvm")
-    dom = domains.define("a", "kvm", "<cpu mode='host-model'><feature policy='disable' name='arch-capabilities'/></cpu>", start=True)
+def test_a_failed_restart_of_an_earlier_change_starts_the_guest_with_the_cpu_it_ran(domains, run_tasks):
+    dom = domains.define("a", "qemu", "<cpu mode='host-model'/>", start=True)
     old_live = live_cpu(dom)
-    args = {"mode": "host-model", "features": [], "features_mode": "replace"}
-    changed, failed = run_tasks([cpu_task(dom.name(), **args), cpu_task(dom.name(), restart=True, **args)])
+    changed, failed = run_tasks([cpu_task(dom.name(), **UNSTARTABLE), cpu_task(dom.name(), restart=True, **UNSTARTABLE)])
     assert only(changed)["restart_required"]
     new_definition = inactive(dom)
-    assert failed["failed"] and "MSR 0x10a" in failed["msg"]
+    assert failed["failed"] and "cvt16" in failed["msg"], failed["msg"]
     assert "started again paused with the CPU it ran with; its definition is unchanged" in failed["msg"]
-    assert inactive(dom) == new_definition and stored_cpu(dom) == {"mode": "host-model", "check": "partial"}
+    assert inactive(dom) == new_definition
+    assert stored_cpu(dom) == {"mode": "host-model", "check": "partial", "features": [{"name": "cvt16", "policy": "force"}]}
     assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
     assert live_cpu(dom) == old_live

@@ -373,7 +373,9 @@ def test_a_uri_that_does_not_answer_times_out_clearly(table):
     for result in results:
         assert result.get("failed"), result
         assert "did not answer within" in result["msg"] and "virsh -c" in result["msg"], result["msg"]
-    assert run.seconds < 120, "the three cases run side by side, each bounded by the open timeout"
+    # Not a speed target: a bound far above the 3 x 30 s open timeouts (a loaded 2-core machine
+    # took 170 s), that an open without its timeout (hanging until the play's) would exceed.
+    assert run.seconds < 400, "each of the three cases is bounded by the open timeout"
     assert_no_crash(run.text)
 
 

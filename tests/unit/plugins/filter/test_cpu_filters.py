@@ -261,8 +261,8 @@ def test_cpu_problems_names_an_unknown_model_and_the_close_ones(facts):
 
 
 def test_cpu_problems_applies_libvirts_grammar(facts):
-    assert cpu_problems({"mode": "sideways"}, facts, "qemu") == ["mode 'sideways' is not valid; use one of: custom, host-model, "
-                                                                  "host-passthrough, maximum"]
+    refused = ["mode 'sideways' is not valid; use one of: custom, host-model, host-passthrough, maximum"]
+    assert cpu_problems({"mode": "sideways"}, facts, "qemu") == refused
     assert cpu_problems(42, facts, "qemu") == ["the CPU must be a CPU dict (like {mode: host-model}) or <cpu> XML text, got int"]
 
 

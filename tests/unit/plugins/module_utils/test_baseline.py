@@ -309,12 +309,29 @@ def test_mixed_architectures(facts):
         fleet_baseline([HostRecord("a", facts["virt_types"]["kvm"]), HostRecord("b", other)])
 
 
+def _other_vendor(entry, vendor="Intel"):
+    other = json.loads(json.dumps(entry))
+    other["modes"]["host-model"]["cpu"]["vendor"] = vendor
+    other["fingerprint"] = vendor.lower()
+    return other
+
+
 def test_mixed_vendors(facts):
-    other = json.loads(json.dumps(facts["virt_types"]["qemu"]))
-    other["modes"]["host-model"]["cpu"]["vendor"] = "Intel"
-    other["fingerprint"] = "intel"
+    other = _other_vendor(facts["virt_types"]["kvm"])
     with pytest.raises(FleetError, match=r"different vendors \(AMD: a; Intel: b\).*one baseline per vendor"):
         fleet_baseline([HostRecord("a", facts["virt_types"]["kvm"]), HostRecord("b", other)])
+
+
+def test_a_tcg_host_has_no_hardware_vendor(facts):
+    """TCG's host-model vendor is that of QEMU's 'max' model (AMD on QEMU 7.2 on any machine): an
+    Intel kvm host and a TCG host have a fleet CPU, of a model that fits the hardware, without <vendor>."""
+    kvm = facts["virt_types"]["kvm"]
+    tcg = _other_vendor(facts["virt_types"]["qemu"])
+    baseline = fleet_baseline([HostRecord("a", kvm), HostRecord("b", tcg)])
+    assert "vendor" not in baseline.cpu
+    assert baseline.cpu["model"]["name"] in {m["name"] for m in kvm["modes"]["custom"]["models"]
+                                               if m["vendor"] in ("AMD", "unknown", None)}
+    assert fleet_baseline([HostRecord("a", kvm), HostRecord("b", facts["virt_types"]["qemu"])]).cpu["vendor"] == "AMD"
 
 
 @pytest.mark.parametrize("check, message", [("none", "silently drop"), ("exact", "must be one of full, partial")])
@@ -470,9 +487,7 @@ def test_compatibility_refusals(fleet):
 
 
 def test_compatibility_reports_a_missing_baseline(facts):
-    other = json.loads(json.dumps(facts["virt_types"]["qemu"]))
-    other["modes"]["host-model"]["cpu"]["vendor"] = "Intel"
-    other["fingerprint"] = "intel"
+    other = _other_vendor(facts["virt_types"]["kvm"])
     report = compatibility([HostRecord("a", facts["virt_types"]["kvm"]), HostRecord("b", other)], [])
     assert report["baseline"]["cpu"] is None
     assert "different vendors" in report["baseline"]["error"]
