@@ -6,6 +6,10 @@
 #   make demo         setup, then playbooks/demo.yml against this machine
 #   make bench        setup, then the benchmarks (bench/run.py, ~10 min; not part of make test)
 #   make matrix       sanity, unit, ansible-doc and a smoke playbook on each ansible-core 2.17-2.21
+#   make galaxy       release-check (build, galaxy-importer, install, smoke) + ee + docs; part of make test
+
+#   make testbed      a mixed-version fleet: chroot hosts of other Debian releases (scripts/testbed)
+#   make testbed-stop stop the testbed's daemons (its trees stay in $(HOSTCPU_CACHE)/testbed)
 # See DEVELOPERS.md.
 
 SHELL       := /bin/bash
@@ -13,7 +17,7 @@ SHELL       := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
-# Caches that survive a fresh clone (venvs of other Pythons, ...), one subdirectory per user.
+# Caches that survive a fresh clone (venvs of other Pythons, chroot trees, ...), one subdirectory per purpose.
 HOSTCPU_CACHE ?= /var/cache/hostcpu-libvirt
 export HOSTCPU_CACHE
 VENV   := $(CURDIR)/.venv
@@ -21,6 +25,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.stamp
 COLLECTIONS := $(CURDIR)/.collections
 COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/hostcpu/libvirt
+TESTBED_INVENTORY := $(HOSTCPU_CACHE)/testbed/inventory.ini
 
 # Only our checkout (through .collections) plus the collections bundled in the venv's `ansible`
 # package (found on sys.path): nothing from ~/.ansible or /usr/share/ansible.
@@ -34,11 +39,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # -rs: every skipped test is listed with its reason at the end.
 PYTEST := $(PY) -m pytest -rs
 
-.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench matrix
+.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench matrix release-venv release-check ee docs galaxy changelog testbed testbed-stop testbed-test testbed-fixtures testbed-molecule
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
-	@echo '  targets: venv system daemons setup sanity unit integration reliability accuracy fleet molecule lint matrix testdata demo bench test clean'
+	@echo '  targets: venv system daemons setup sanity unit integration reliability accuracy fleet molecule lint matrix testdata demo bench release-check ee docs galaxy changelog testbed testbed-stop testbed-test test clean'
 
 # --- set-up ------------------------------------------------------------------------------
 
@@ -96,8 +101,9 @@ fleet: venv daemons
 	molecule test -s fleet
 
 # Every molecule scenario under extensions/molecule (the roles against the real libvirtd: default,
-# lifecycle, fleet), each with its idempotence step and a cleanup that removes its guests.
-molecule: venv daemons
+# lifecycle, fleet, testbed), each with its idempotence step and a cleanup that removes its guests.
+# testbed runs against the hosts of `make testbed`, hence that prerequisite.
+molecule: venv daemons testbed
 	molecule test --all
 
 # ansible-lint, production profile (.ansible-lint), on the roles, playbooks, molecule scenarios and the smoke playbook.
@@ -125,6 +131,75 @@ demo: setup
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# --- release: Galaxy, execution environment, docs ------------------------------------------
+# Their tools (galaxy-importer, ansible-builder, antsibull-docs, antsibull-changelog, Sphinx) live in
+# a venv of tests/release/requirements.txt, and the install check's ansible-core in a venv of
+# tests/release/install-requirements.txt, both under $(HOSTCPU_CACHE)/release/<name>-<hash>,
+# built by scripts/release-venv.sh when missing and reused across clones while the file is unchanged.
+RELEASE_VENV  := HOSTCPU_CACHE=$(HOSTCPU_CACHE) bash scripts/release-venv.sh
+RELEASE_TOOLS := $(RELEASE_VENV) tools tests/release/requirements.txt
+RELEASE_USER  := $(RELEASE_VENV) install tests/release/install-requirements.txt
+# The smoke playbook the install check runs on the installed tarball (from branch matrix).
+SMOKE_PLAYBOOK ?= $(CURDIR)/tests/smoke/playbook.yml
+RELEASE_PYTEST = HOSTCPU_RELEASE_TOOLS=$$($(RELEASE_TOOLS)) HOSTCPU_RELEASE_INSTALL=$$($(RELEASE_USER)) \
+	HOSTCPU_SMOKE_PLAYBOOK=$(SMOKE_PLAYBOOK) $(PYTEST)
+
+release-venv: system
+	$(RELEASE_TOOLS)
+	$(RELEASE_USER)
+
+# The tarball from this (dirty) checkout and from a copy full of caches packs only source files;
+# versions agree with the released changelog; galaxy-importer (offline) on it finds nothing; a
+# plain `ansible-galaxy collection install` into a fresh collections path with the install venv's
+# ansible-core runs the smoke playbook on qemu:///system.
+release-check: venv daemons
+	$(RELEASE_PYTEST) tests/release/test_build.py tests/release/test_importer.py tests/release/test_install.py
+
+# `ansible-builder create` with the built tarball: a complete build context whose own galaxy and
+# introspection steps yield the collection's Python requirements and bindep entries.
+ee: venv
+	$(RELEASE_PYTEST) tests/release/test_ee.py
+
+# The docs site (antsibull-docs + Sphinx, offline) in .cache/docs/site/build/html, 0 warnings,
+# and lint-collection-docs at 0 errors.
+docs: venv
+	TOOLS=$$($(RELEASE_TOOLS)) bash scripts/docs.sh
+
+# What make test runs: release-check and ee in one pytest session (one tarball), then docs.
+galaxy: venv daemons
+	$(RELEASE_PYTEST) tests/release
+	TOOLS=$$($(RELEASE_TOOLS)) bash scripts/docs.sh
+
+# After merging new fragments or plugins: fold them into the release galaxy.yml names (its date: today).
+changelog: venv
+	tools=$$($(RELEASE_TOOLS)) && PATH=$$tools/bin:$$PATH $$tools/bin/antsibull-changelog release --update-existing --reload-plugins
+
+# --- the testbed: a mixed-version fleet on this machine (scripts/testbed/README.md) -------------
+
+# Builds the missing chroot trees (in parallel), starts what does not run, writes and prints
+# $(TESTBED_INVENTORY). A second run reuses the trees and leaves running hosts alone.
+testbed: system daemons
+	bash scripts/testbed/build.sh
+	bash scripts/testbed/start.sh
+
+# Stops every chroot host's guests and daemons; removes no tree, leaves no mount.
+testbed-stop:
+	bash scripts/testbed/stop.sh
+
+# tests/testbed against the four hosts: Ansible over SSH, cpu_facts, paused guests, live
+# migration between every neighbour, a libvirtd restart, and this machine left as it was.
+testbed-test: venv testbed
+	TESTBED_INVENTORY=$(TESTBED_INVENTORY) $(PYTEST) tests/testbed
+
+# Molecule scenario extensions/molecule/testbed alone: the host, guest and fleet roles over SSH
+# against the four testbed hosts (extensions/molecule/testbed/README.md).
+testbed-molecule: venv testbed
+	molecule test -s testbed
+
+# Re-records tests/unit/fixtures/versions/<libvirt>/ from every testbed host (commit the result).
+testbed-fixtures: venv testbed
+	$(PY) scripts/testbed/capture_fixtures.py --inventory $(TESTBED_INVENTORY)
+
 # setup first, then every suite; make stops at the first failing one. pytest finding no test
 # (exit 5) or no directory (exit 4) fails too: no suite is skipped silently.
 test: setup
@@ -135,7 +210,9 @@ test: setup
 	$(MAKE) --no-print-directory accuracy
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory molecule
+	$(MAKE) --no-print-directory galaxy
 	$(MAKE) --no-print-directory matrix
+	$(MAKE) --no-print-directory testbed-test
 
 # --- cleaning ----------------------------------------------------------------------------
 

@@ -248,6 +248,30 @@ def build_cases(domcaps_root):
          "<cpu><model>kvm64</model><feature policy='require' name='invtsc'/></cpu>"),
         ('c-kvm64-require-arch-capabilities',
          "<cpu><model>kvm64</model><feature policy='require' name='arch-capabilities'/></cpu>"),
+        # MSR 0x10a on a model whose CPUID level stops below leaf 7, where arch-capabilities is
+        # announced: newer kernels refuse the nonzero write.  erms (leaf 7 EBX) and xsaveopt (leaf
+        # 0xD) make QEMU raise the level, md-clear (leaf 7 EDX) does not.
+        ('c-486-arch-capabilities',
+         "<cpu check='none'><model>486</model>"
+         "<feature policy='require' name='arch-capabilities'/></cpu>"),
+        ('c-486-arch-capabilities-mds-no',
+         "<cpu check='none'><model>486</model><feature policy='require' name='arch-capabilities'/>"
+         "<feature policy='require' name='mds-no'/></cpu>"),
+        ('c-486-arch-capabilities-mds-no-erms',
+         "<cpu check='none'><model>486</model><feature policy='require' name='arch-capabilities'/>"
+         "<feature policy='require' name='mds-no'/><feature policy='require' name='erms'/></cpu>"),
+        ('c-486-arch-capabilities-mds-no-xsaveopt',
+         "<cpu check='none'><model>486</model><feature policy='require' name='arch-capabilities'/>"
+         "<feature policy='require' name='mds-no'/><feature policy='require' name='xsaveopt'/></cpu>"),
+        ('c-486-arch-capabilities-mds-no-md-clear',
+         "<cpu check='none'><model>486</model><feature policy='require' name='arch-capabilities'/>"
+         "<feature policy='require' name='mds-no'/><feature policy='require' name='md-clear'/></cpu>"),
+        ('c-pentium3-arch-capabilities-rdctl-no',
+         "<cpu check='none'><model>pentium3</model><feature policy='require' name='arch-capabilities'/>"
+         "<feature policy='require' name='rdctl-no'/></cpu>"),
+        ('c-Westmere-arch-capabilities-mds-no',
+         "<cpu check='none'><model>Westmere</model><feature policy='require' name='arch-capabilities'/>"
+         "<feature policy='require' name='mds-no'/></cpu>"),
         ('c-kvm64-require-umip',
          "<cpu><model>kvm64</model><feature policy='require' name='umip'/></cpu>"),
         ('c-kvm64-require-osxsave',

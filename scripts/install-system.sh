@@ -4,7 +4,8 @@
 # them), a C compiler, virt-install, dpkg-dev (for `apt-get source` in `make testdata`), the
 # ShellCheck linter (ansible-test skips its shellcheck sanity test without it), xmllint (libvirt's
 # virt-xml-validate runs it: tests/reliability validate cpu_xml output with it) and Chromium (the
-# fleet report's HTML is rendered headless in tests/integration/test_fleet_report.py).
+# fleet report's HTML is rendered headless in tests/integration/test_fleet_report.py) and
+# debootstrap (the chroot hosts of `make testbed`, scripts/testbed).
 #
 # A fast no-op when everything is present: it asks the package database (dpkg -s / rpm -q), and
 # only when something is missing does it refresh the package lists (once) and install.
@@ -55,6 +56,7 @@ install_apt() {
         chromium
         git
         make
+        debootstrap
     )
     python_has_headers || wanted+=(python3-dev)
     python_has_venv || wanted+=(python3-venv)

@@ -21,7 +21,9 @@ src/cpu/cpu_x86.c):
 3. QEMU builds the CPU: its own definition of the model with the accelerator's defaults, the
    ``feature=on/off`` of the command line, features that hang on a disabled one cleared (e.g. the
    MSR 0x10a features on arch-capabilities), features the accelerator cannot give filtered out.
-   Values QEMU cannot write to an MSR on this host (nested KVM refusing MSR 0x10a) kill it.
+   Values QEMU cannot write to an MSR on this host (nested KVM refusing MSR 0x10a) kill it, and
+   so do, on kernels that refuse them, values of an MSR the guest's CPUID does not announce (MSR
+   0x10a on a model whose CPUID level, raised by some requested features, stops below leaf 7).
 4. ``qemuProcessUpdateAndVerifyCPU``: invtsc must have been enabled when required;
    ``virCPUx86UpdateLive`` marks features QEMU enabled beyond the definition ``require`` and
    features it filtered or did not enable ``disable`` (walking the CPU map in order), or fails
@@ -30,7 +32,7 @@ src/cpu/cpu_x86.c):
 Everything QEMU-specific comes from data the ``cpu_facts`` probe measured on the host (see
 ``expansion_data_from_libvirt``): QEMU's definition of every model under the accelerator, what the
 accelerator can give (including the features 'max' never auto-enables), the features QEMU does not
-know, and which MSR writes KVM refuses. The static parts are libvirt's CPU map (models, feature
+know, which MSR writes KVM refuses (and QEMU's CPUID levels when that depends on them). The static parts are libvirt's CPU map (models, feature
 order, MSR bits) and QEMU's feature dependencies (DEPENDENCY_GROUPS / DEPENDENCY_PAIRS, expressed
 in CPU map terms; the probe's measurements are checked against them in the unit tests). Everything
 is stored compactly: feature sets are hex bit masks over the CPU map's feature list.
@@ -44,6 +46,7 @@ import os
 import re
 import secrets
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
@@ -504,7 +507,22 @@ def _qemu_for_facts(qemu: Mapping[str, Any], index: Mapping[str, int], cpu_map: 
         "dependencies": dependencies_from_map(cpu_map, known),
         "msr_failures": [dict(failure) for failure in qemu.get("msr_failures") or []],
     }
+    if qemu.get("msr_unannounced_failures"):
+        result.update(_cpuid_level_data(qemu, index))
     return result
+
+
+def _cpuid_level_data(qemu: Mapping[str, Any], index: Mapping[str, int]) -> Dict[str, Any]:
+    """The unannounced-MSR failures and what the prediction needs to tell the guest's CPUID level:
+    QEMU's level of each model ('max' for host-passthrough and maximum) and the features raising it."""
+    models = set(qemu["models"]) | {"max"}
+    return {
+        "msr_unannounced_failures": [{"index": int(failure["index"]), "value": str(failure["value"]),
+                                      "leaf": int(failure["leaf"])} for failure in qemu["msr_unannounced_failures"]],
+        "levels": {name: int(level) for name, level in sorted((qemu.get("levels") or {}).items()) if name in models},
+        "level_raisers": [[int(level), to_hex(_mask_of(names, index))]
+                          for level, names in sorted((qemu.get("level_raisers") or {}).items(), key=lambda item: int(item[0]))],
+    }
 
 
 def expansion_data_from_parts(cpu_map: Mapping[str, Any], virt_type: str, host_model: Optional[Mapping[str, Any]],
@@ -606,12 +624,15 @@ def _probe_cpu_xml(label: str, disabled: Sequence[str] = ()) -> str:
     return ""
 
 
-def _create_probe_guest(conn, entry: Mapping[str, Any], token: str, label: str, disabled: Sequence[str] = ()):
-    """``(domain, name, None)`` or ``(None, name, libvirt's error)``."""
+def _create_probe_guest(conn, entry: Mapping[str, Any], token: str, label: str, disabled: Sequence[str] = (),
+                        cpu_xml: Optional[str] = None):
+    """``(domain, name, None)`` or ``(None, name, libvirt's error)``; *cpu_xml* replaces the label's CPU."""
     import libvirt  # pylint: disable=import-outside-toplevel
     name = "%s%s-%s-%s" % (PROBE_NAME_PREFIX, token, entry["domain_type"], label)
+    if cpu_xml is None:
+        cpu_xml = _probe_cpu_xml(label, disabled)
     try:
-        domain = conn.createXML(_probe_domain_xml(entry, name, _probe_cpu_xml(label, disabled)), libvirt.VIR_DOMAIN_START_PAUSED)
+        domain = conn.createXML(_probe_domain_xml(entry, name, cpu_xml), libvirt.VIR_DOMAIN_START_PAUSED)
         return domain, name, None
     except libvirt.libvirtError as exc:
         _remove_guest_log(conn, name)
@@ -631,11 +652,12 @@ class ProbeGuest(NamedTuple):
     msr_failures: List[Dict[str, Any]]
     unavailable: List[str]
     max_overrides: Dict[str, bool]
+    largest: bool = False          # the largest CPU (maximum) started
 
 
 def _probe_from(conn, domain, name: str, failures: List[Dict[str, Any]], overrides: Dict[str, bool]) -> ProbeGuest:
     try:
-        return ProbeGuest(domain, name, failures, _unavailable_features(domain), overrides)
+        return ProbeGuest(domain, name, failures, _unavailable_features(domain), overrides, largest=True)
     except Exception:
         _destroy_probe_guest(conn, domain, name)
         raise
@@ -746,10 +768,13 @@ def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
     parents = [name for name in dependency_parents() if name in known]
     parents_on = {QEMU_FEATURE_NAMES.get(name, name): True for name in parents}
     models = {}
+    levels = {"max": max_all.get("level")}
     for name in model_names:
         if name not in qemu_models:
             continue
-        plain = set(_enabled(_expansion(domain, name), known))
+        plain_props = _expansion(domain, name)
+        levels[name] = plain_props.get("level")
+        plain = set(_enabled(plain_props, known))
         latent = set(_enabled(_expansion(domain, name, parents_on), known)) - set(parents)
         models[name] = sorted(plain | latent)
     result: Dict[str, Any] = {
@@ -758,6 +783,7 @@ def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
         "max_migratable": max_migratable,
         "non_migratable": non_migratable,
         "models": models,
+        "levels": {name: level for name, level in levels.items() if isinstance(level, int)},
         "measured_dependencies": {},
     }
     for parent in supported if measure_dependencies else ():
@@ -770,6 +796,134 @@ def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
     return result
 
 
+class UnannouncedMSRProbe(NamedTuple):
+    """A guest whose CPUID stops below the leaf announcing an MSR, writing one supported bit of it."""
+    index: int
+    parent: str
+    leaf: int
+    model: str
+    features: Tuple[str, ...]
+
+
+def _announcing_leaf(cpu_map: Mapping[str, Any], feature: str) -> Optional[int]:
+    """The basic CPUID leaf of *feature* (arch-capabilities: 7), None for MSR or extended-leaf features."""
+    bit = cpu_map["bits"].get(feature)
+    return bit[1] if bit and bit[0] == "cpuid" and bit[1] < 0x80000000 else None
+
+
+def unannounced_msr_probes(cpu_map: Mapping[str, Any], qemu: Mapping[str, Any]) -> List[UnannouncedMSRProbe]:
+    """What to start to learn whether KVM refuses an MSR write the guest's CPUID does not announce.
+
+    Newer kernels (6.12 and later: "KVM: x86: Reject userspace attempts to access ARCH_CAPABILITIES
+    w/o support") refuse a nonzero host write of MSR 0x10a unless the guest's CPUID has
+    arch-capabilities, which lives at leaf 7: a model of CPUID level below 7 (486, pentium3,
+    qemu32, ...) with arch-capabilities and an MSR bit kills QEMU, older kernels accept it.
+    One guest per MSR whose announcing feature and one of its bits the accelerator gives (*qemu*:
+    ``probe_qemu``'s result), on the first model of the CPU map whose CPUID level is below the leaf.
+    """
+    supported = set(qemu["max"])
+    levels = qemu.get("levels") or {}
+    probes = []
+    for index, parent in MSR_PARENTS.items():
+        leaf = _announcing_leaf(cpu_map, parent)
+        bits = [name for name in cpu_map["features"] if name in supported
+                and cpu_map["bits"][name][0] == "msr" and cpu_map["bits"][name][1] == index]
+        models = [name for name in cpu_map["models"] if leaf is not None and levels.get(name, leaf) < leaf]
+        if leaf is not None and parent in supported and bits and models:
+            probes.append(UnannouncedMSRProbe(index, parent, leaf, models[0], (parent, bits[0])))
+    return probes
+
+
+def _unannounced_probe_cpu_xml(probe: UnannouncedMSRProbe) -> str:
+    return ("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>%s</model>%s</cpu>"
+            % (probe.model, "".join("<feature policy='require' name='%s'/>" % name for name in probe.features)))
+
+
+def run_unannounced_msr_probe(conn, entry: Mapping[str, Any], token: str, probe: UnannouncedMSRProbe) -> Optional[Dict[str, Any]]:
+    """Start the probe's guest: the MSR failure ``{index, value, leaf, model}`` when QEMU died writing it, else None."""
+    label = "msr-%x" % probe.index
+    domain, name, error = _create_probe_guest(conn, entry, token, label, cpu_xml=_unannounced_probe_cpu_xml(probe))
+    if domain is not None:
+        _destroy_probe_guest(conn, domain, name)
+        return None
+    failure = _msr_failure(error)
+    if failure is None or failure["index"] != probe.index:
+        return None
+    return dict(failure, leaf=probe.leaf, model=probe.model)
+
+
+def level_words(cpu_map: Mapping[str, Any], known: Iterable[str]) -> List[List[str]]:
+    """The features QEMU knows at basic CPUID leaves, grouped by CPUID word (leaf, subleaf, register), in map order."""
+    known = set(known)
+    words: "OrderedDict[Tuple[int, int, str], List[str]]" = OrderedDict()
+    for name in cpu_map["features"]:
+        bit = cpu_map["bits"][name]
+        if name in known and bit[0] == "cpuid" and bit[1] < 0x80000000:
+            words.setdefault(bit[1:4], []).append(name)
+    return list(words.values())
+
+
+def cpuid_level_with(domain, model: str, names: Iterable[str]) -> int:
+    """QEMU's CPUID level of *model* with the features *names* turned on."""
+    return int(_expansion(domain, model, {QEMU_FEATURE_NAMES.get(name, name): True for name in names}).get("level", 0))
+
+
+def measure_level_raisers(domain, cpu_map: Mapping[str, Any], known: Iterable[str], model: str) -> Dict[int, List[str]]:
+    """The features that raise QEMU's CPUID level above *model*'s, as ``{level: [names]}``: each raises it to
+    at least that level.
+
+    QEMU raises the level per CPUID word (x86_cpu_expand_features, x86_cpu_adjust_feat_level: 7.0
+    EBX always, 7.0 ECX, 7.1 EAX, 0xD, 6 ... with full-cpuid-auto-level; not 7.0 EDX, where
+    arch-capabilities is), a few features further (intel-pt to 0x14, sgx to 0x12). So one expansion
+    per word with all its features on tells whether the word raises it, and one with its first
+    feature alone to which level (the unit tests check this against every feature measured alone).
+    """
+    base = cpuid_level_with(domain, model, ())
+    raisers: Dict[int, List[str]] = {}
+    for names in level_words(cpu_map, known):
+        level = cpuid_level_with(domain, model, names)
+        if level > base and len(names) > 1:
+            level = cpuid_level_with(domain, model, names[:1])
+        if level > base:
+            raisers.setdefault(level, []).extend(names)
+    return raisers
+
+
+class UnannouncedMSRs(NamedTuple):
+    """The unannounced-MSR guests under way and the level raisers measured for them."""
+    futures: List[Future]
+    raisers: Dict[int, List[str]]
+
+
+def _start_unannounced_msr_probes(conn, entry: Mapping[str, Any], token: str, guest: ProbeGuest,
+                                  cpu_map: Mapping[str, Any], qemu: Mapping[str, Any]) -> Optional[UnannouncedMSRs]:
+    """Start the unannounced-MSR guests in threads (beside the probe guest's destroy, which mostly waits).
+
+    Only when the largest CPU started without an MSR failure under an accelerator: where it failed,
+    every nonzero write fails anyway (``msr_failures``), and TCG writes no MSR to KVM. The level
+    raisers are measured first, while the probe guest answers QMP alone (a QEMU starting beside it
+    slows every QMP answer down).
+    """
+    if entry.get("domain_type") == "qemu" or not guest.largest or guest.msr_failures:
+        return None
+    probes = unannounced_msr_probes(cpu_map, qemu)
+    if not probes:
+        return None
+    raisers = measure_level_raisers(guest.domain, cpu_map, qemu["known"], probes[0].model)
+    pool = ThreadPoolExecutor(max_workers=len(probes))
+    futures = [pool.submit(run_unannounced_msr_probe, conn, entry, token, probe) for probe in probes]
+    pool.shutdown(wait=False)
+    return UnannouncedMSRs(futures, raisers)
+
+
+def _add_unannounced_results(qemu: Dict[str, Any], unannounced: Optional[UnannouncedMSRs]) -> None:
+    """The unannounced-MSR failures into *qemu*, with the level raisers when there is one."""
+    failures = [failure for failure in (future.result() for future in unannounced.futures) if failure] if unannounced else []
+    if failures:
+        qemu["msr_unannounced_failures"] = failures
+        qemu["level_raisers"] = unannounced.raisers
+
+
 def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml: Optional[str] = None,
                                 domcaps_xml: Optional[str] = None, cpu_map_dir: str = CPU_MAP_DIR) -> Dict[str, Any]:
     """Measure and return the ``expansion`` facts of *entry*'s virt type on the host of *conn*.
@@ -777,7 +931,10 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
     Starts one paused transient guest ``hostcpu-probe-<random>-<virt type>-...`` (two when the
     largest CPU fails to start, which is recorded as an MSR failure), asks its QEMU through QMP
     how it expands every model, what the accelerator gives and which features depend on which,
-    then destroys it. Reads libvirt's CPU map from *cpu_map_dir*.
+    then destroys it. Under an accelerator whose largest CPU started, a second guest (``-msr-10a``,
+    started while the first is destroyed) learns whether KVM refuses an MSR the guest's CPUID does not
+    announce (``msr_unannounced_failures``); when it does, QEMU's CPUID level of each model and of
+    the features that raise it are measured too. Reads libvirt's CPU map from *cpu_map_dir*.
     """
     cpu_map_files = read_cpu_map_files(cpu_map_dir)
     cpu_map = cpu_map_from_xml(cpu_map_files)
@@ -785,11 +942,14 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
         capabilities_xml = conn.getCapabilities()
     if domcaps_xml is None:
         domcaps_xml = conn.getDomainCapabilities(entry["emulator"], entry["arch"], entry["machine"], entry["domain_type"], 0)
-    guest = _start_probe_guest(conn, entry, secrets.token_hex(4))
+    token = secrets.token_hex(4)
+    guest = _start_probe_guest(conn, entry, token)
     try:
         qemu = probe_qemu(guest.domain, cpu_map["features"], cpu_map["models"], guest.unavailable, guest.max_overrides)
+        unannounced = _start_unannounced_msr_probes(conn, entry, token, guest, cpu_map, qemu)
     finally:
         _destroy_probe_guest(conn, guest.domain, guest.name)
+    _add_unannounced_results(qemu, unannounced)
     qemu["msr_failures"] = guest.msr_failures
     return expansion_data_from_xml(cpu_map_files, capabilities_xml, domcaps_xml, qemu)
 
@@ -912,6 +1072,9 @@ class Context:
         self.dependencies = [(self.map.bit(parent), self.map.mask(children))
                              for parent, children in _mapping(qemu.get("dependencies") or {}, "qemu.dependencies").items()]
         self.msr_failures = [(int(failure["index"]), int(str(failure["value"]), 16)) for failure in qemu.get("msr_failures") or ()]
+        self.unannounced_msrs = [(int(failure["index"]), int(failure["leaf"])) for failure in qemu.get("msr_unannounced_failures") or ()]
+        self.levels = {name: int(level) for name, level in _mapping(qemu.get("levels") or {}, "qemu.levels").items()}
+        self.level_raisers = [(int(level), from_hex(mask, "qemu.level_raisers")) for level, mask in qemu.get("level_raisers") or ()]
         self.host_model = self._host_model(data.get("host_model"))
         host = data.get("host")
         self.host = None if host is None else (host.get("vendor"), from_hex(host.get("features"), "host.features"),
@@ -1229,12 +1392,43 @@ def _check_msr_failures(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
             value |= failed_value & ~named_bits
         if value:
             fix_names = [parent] if parent else names
-            raise GuestWouldNotStart(
-                "internal error: qemu unexpectedly closed the monitor: qemu-system-x86_64: error: failed to set MSR "
-                "0x%x to 0x%x" % (index, value),
-                missing_features=names, fix=_fix(fix_names),
-                hint="KVM on this host refuses MSR 0x%x (%s); disable %s to start the guest"
-                     % (index, ", ".join(names) or "unnamed bits", " or ".join(fix_names)))
+            raise _msr_write_refused(index, value, names, fix_names, "KVM on this host refuses MSR 0x%x (%s); disable %s to start the "
+                                     "guest" % (index, ", ".join(names) or "unnamed bits", " or ".join(fix_names)))
+
+
+def _msr_write_refused(index: int, value: int, names: List[str], fix_names: List[str], hint: str) -> GuestWouldNotStart:
+    """QEMU's death on an MSR value KVM refuses, as libvirt reports it."""
+    return GuestWouldNotStart("internal error: qemu unexpectedly closed the monitor: qemu-system-x86_64: error: failed to set MSR "
+                              "0x%x to 0x%x" % (index, value), missing_features=names, fix=_fix(fix_names), hint=hint)
+
+
+def cpuid_level(ctx: Context, cpu: GuestCPU, requested: Mask) -> Optional[int]:
+    """QEMU's CPUID level of the guest: its model's, raised by the features asked for (None: not measured)."""
+    level = ctx.levels.get("max" if cpu.mode in PASSTHROUGH_MODES else cpu.model or "")
+    if level is None:
+        return None
+    for raised, mask in ctx.level_raisers:
+        if requested & mask and raised > level:
+            level = raised
+    return level
+
+
+def _check_unannounced_msrs(ctx: Context, cpu: GuestCPU, requested: Mask, enabled: Mask) -> None:
+    """QEMU dies when KVM refuses an MSR value because the guest's CPUID stops below the leaf announcing the MSR."""
+    for index, leaf in ctx.unannounced_msrs:
+        parent = MSR_PARENTS.get(index)
+        value, names = _msr_value(ctx, enabled, index)
+        if not value or (parent and not enabled & ctx.map.bit(parent)):
+            continue
+        level = cpuid_level(ctx, cpu, requested)
+        if level is None or level >= leaf:
+            continue
+        fix_names = [parent] if parent else names
+        raise _msr_write_refused(index, value, names, fix_names,
+                                 "KVM on this host refuses MSR 0x%x (%s) unless the guest's CPUID announces %s at leaf %d, and "
+                                 "this CPU's CPUID level is %d (model %s); disable %s, or use a CPU model of CPUID level %d or "
+                                 "more" % (index, ", ".join(names), parent or "it", leaf, level, cpu.model or cpu.mode,
+                                           " or ".join(fix_names), leaf))
 
 
 def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
@@ -1259,6 +1453,7 @@ def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
     enabled = requested & ctx.supported
     disabled = (requested & ~ctx.supported) | cleared_by_user
     _check_msr_failures(ctx, cpu, enabled)
+    _check_unannounced_msrs(ctx, cpu, requested, enabled)
     return enabled, disabled
 
 

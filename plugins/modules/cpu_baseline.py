@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: cpu_baseline
 short_description: Ask libvirt for the baseline of many CPUs and compare a CPU with this host
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - libvirt's own answers on one host, the oracle for P(hostcpu.libvirt.fleet_baseline#filter).
   - With O(cpus), calls C(virConnectBaselineHypervisorCPU) (C(virsh hypervisor-cpu-baseline)), the
@@ -22,6 +22,8 @@ description:
 author:
   - hostcpu.libvirt maintainers (@hostcpu)
 extends_documentation_fragment:
+  - hostcpu.libvirt.attributes
+  - hostcpu.libvirt.attributes.INFO_MODULE
   - hostcpu.libvirt.connection
 options:
   cpus:
@@ -67,11 +69,8 @@ notes:
   - At least one of O(cpus) and O(compare) must be given.
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
-    support: full
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
-    support: none
+    details:
+      - This action only reads from libvirt; it runs the same in check mode.
 seealso:
   - plugin: hostcpu.libvirt.fleet_baseline
     plugin_type: filter

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: cpu_facts
 short_description: Probe the CPU a libvirt host gives its guests
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Reads the host CPU from libvirt's capabilities and, per virt type (V(kvm) when KVM is usable,
     V(qemu) (TCG) whenever QEMU is installed), the domain capabilities, that is which CPU modes are
@@ -23,6 +23,9 @@ description:
 author:
   - hostcpu.libvirt maintainers (@hostcpu)
 extends_documentation_fragment:
+  - hostcpu.libvirt.attributes
+  - hostcpu.libvirt.attributes.INFO_MODULE
+  - hostcpu.libvirt.attributes.FACTS
   - hostcpu.libvirt.connection
 options:
   virt_types:
@@ -56,6 +59,10 @@ options:
         asks its QEMU (QMP) how it expands every CPU model and what the accelerator gives, and destroys it.
         When the largest CPU fails to start because KVM refuses an MSR (nested KVM and MSR 0x10a),
         that is recorded and the guest is started again with the feature announcing the MSR disabled.
+        When it starts under kvm, a second paused guest (C(hostcpu-probe-<random>-kvm-msr-10a), a model of
+        CPUID level below 7 with C(arch-capabilities) and one MSR 0x10a bit) tells whether KVM refuses an MSR
+        the guest's CPUID does not announce (Linux 6.12 and later); if so, QEMU's CPUID level of every model
+        and the features raising it are measured too.
       - Reads libvirt's CPU map (C(/usr/share/libvirt/cpu_map)) on the managed host.
       - Costs about 3 to 5 seconds; the virt types are probed side by side. Skipped for the XML inputs.
     type: bool
@@ -80,15 +87,9 @@ notes:
   - Supports check mode and runs the same in it.
 attributes:
   check_mode:
-    description: Can run in check mode and return the facts it would set.
-    support: full
-    details: Runs exactly as without check mode; O(verify_modes) still starts its transient guests, which leave nothing behind.
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
-    support: none
-  facts:
-    description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
-    support: full
+    details:
+      - Runs exactly as without check mode and returns the facts; O(verify_modes) and O(expansion)
+        still start their transient paused guests, which leave nothing behind.
 """
 
 EXAMPLES = r"""
@@ -247,7 +248,8 @@ ansible_facts:
                   C(msr) (MSR features, index and bit), C(host) (libvirt's full host CPU that C(check=partial) compares with),
                   C(host_model) (the migratable host-model CPU libvirt copies into host-model guests), C(qemu) (QEMU's
                   definition of every model for this accelerator, what the accelerator can give, features QEMU does not know,
-                  feature dependencies, MSR writes KVM refused), C(format) and C(fingerprint).
+                  feature dependencies, MSR writes KVM refused, and where KVM refuses MSRs the guest's CPUID does not
+                  announce, those and QEMU's CPUID levels), C(format) and C(fingerprint).
               type: dict
 """
 

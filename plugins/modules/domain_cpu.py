@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: domain_cpu
 short_description: Set the CPU of libvirt domains idempotently
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Sets the C(<cpu>) element of one or many libvirt domains (or of domain XML text) and nothing
     else. Every other element, attribute and the C(<numa>) cells inside C(<cpu>) stay as they are.
@@ -38,6 +38,7 @@ description:
 author:
   - hostcpu.libvirt maintainers (@hostcpu)
 extends_documentation_fragment:
+  - hostcpu.libvirt.attributes
   - hostcpu.libvirt.connection
 options:
   name:
@@ -208,11 +209,17 @@ seealso:
     plugin_type: filter
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
+    details:
+      - Computes and validates everything and writes nothing; a second identical run reports no change also in check mode.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
+    details:
+      - The diff shows each changed domain's C(<cpu>) element before and after.
+  idempotent:
+    support: full
+    details:
+      - The wish is compared with the domain's CPU the way libvirt normalises it, so a second identical run reports no change.
 """
 
 EXAMPLES = r"""

@@ -4,11 +4,16 @@
 has, lacks and that depend on other features, optional features, check values, topology,
 match minimum and strict, several custom models, and definitions libvirt refuses.
 
-Feature choices on the test machine (nested KVM on AMD EPYC, libvirt 9.0, QEMU 7.2):
-clwb (every virt type gives it), pcid (the host CPU has it, neither KVM here nor TCG gives it),
-avx512-fp16 (nobody has it), sse4.2 (inside the models), invtsc (non-migratable), the
-dependants rdctl-no (MSR 0x10a, on arch-capabilities) and npt (on svm), cvt16 (in libvirt's CPU
-map, unknown to QEMU 7.2), ht and topoext (never enabled by 'max' on its own).
+Feature choices, meaningful on both test machines (nested KVM on an AMD EPYC and on an Intel Xeon,
+libvirt 9.0, QEMU 7.2; the nested KVM of both gives neither svm nor vmx, and TCG emulates svm
+whatever the host): clwb (every virt type gives it), pcid (neither KVM there nor TCG gives it),
+avx512-fp16 (nobody gives it), sse4.2 (inside the models), invtsc (non-migratable), the dependants
+rdctl-no (MSR 0x10a, on arch-capabilities), npt (on svm: given by TCG, absent under KVM) and
+vmx-entry-ia32e-mode (on vmx and lm: absent everywhere there, given with nested vmx), cvt16 (in
+libvirt's CPU map, unknown to QEMU 7.2), ht and topoext (never enabled by 'max' on its own). MSR
+0x10a: the AMD host's KVM refuses every nonzero write (so kvm cases disable arch-capabilities), the
+Intel host's only for a guest whose CPUID level stops below leaf 7 (486, pentium3: the c-486-* and
+c-pentium3-* cases; erms raises QEMU's level to 7, md-clear does not).
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ def host_model_cases(virt_type: str) -> List[Case]:
         ("hm-unknown-feature", _host_model(fix, features=[_f("no-such-feature")])),
         ("hm-duplicate-feature", _host_model(fix, features=[_f("clwb"), _f("clwb", "disable")])),
     ]
+    cases.append(("hm-disable-vmx", _host_model(fix, features=[_f("vmx", "disable")])))
     if virt_type == "kvm":
         cases += [
             ("hm-dependant-kept", _host_model(fix, features=[_f("rdctl-no")])),
@@ -129,6 +135,10 @@ def custom_cases(virt_type: str) -> List[Case]:
         ("c-EPYC-strict", {"match": "strict", "model": {"name": "EPYC"}}),
         ("c-EPYC-vendor-amd", {"check": "none", "model": {"name": "EPYC"}, "vendor": "AMD"}),
         ("c-EPYC-vendor-intel", {"model": {"name": "EPYC"}, "vendor": "Intel"}),
+        ("c-qemu64-require-vmx-dependant", {"check": "none", "model": {"name": "qemu64"},
+                                            "features": [_f("vmx"), _f("vmx-entry-ia32e-mode")]}),
+        ("c-qemu64-disable-vmx-require-dependant", {"check": "none", "model": {"name": "qemu64"},
+                                                    "features": [_f("vmx", "disable"), _f("vmx-entry-ia32e-mode")]}),
         ("c-qemu64-disable-svm-pni", {"model": {"name": "qemu64"}, "features": [_f("svm", "disable"), _f("pni", "disable")]}),
         ("c-qemu64-topology", {"check": "none", "model": {"name": "qemu64"}, "topology": dict(TOPOLOGY)}),
         ("c-qemu64-vendor-id", {"check": "none", "model": {"name": "qemu64", "vendor_id": "HostCPUTest1"}}),
@@ -143,6 +153,14 @@ def custom_cases(virt_type: str) -> List[Case]:
         ("c-486-arch-capabilities", {"check": "none", "model": {"name": "486"}, "features": [_f("arch-capabilities")]}),
         ("c-486-arch-capabilities-mds-no", {"check": "none", "model": {"name": "486"},
                                             "features": [_f("arch-capabilities"), _f("mds-no")]}),
+        ("c-486-arch-capabilities-mds-no-erms", {"check": "none", "model": {"name": "486"},
+                                                 "features": [_f("arch-capabilities"), _f("mds-no"), _f("erms")]}),
+        ("c-486-arch-capabilities-mds-no-md-clear", {"check": "none", "model": {"name": "486"},
+                                                     "features": [_f("arch-capabilities"), _f("mds-no"), _f("md-clear")]}),
+        ("c-pentium3-arch-capabilities-rdctl-no", {"check": "none", "model": {"name": "pentium3"},
+                                                   "features": [_f("arch-capabilities"), _f("rdctl-no")]}),
+        ("c-Westmere-arch-capabilities-mds-no", {"check": "none", "model": {"name": "Westmere"},
+                                                 "features": [_f("arch-capabilities"), _f("mds-no")]}),
         ("c-Cascadelake-noTSX-fix", {"check": "none", "model": {"name": "Cascadelake-Server-noTSX"}, "features": [NOARCH]}),
         ("c-Icelake-Client-allow", {"check": "none", "model": {"name": "Icelake-Client"}}),
         ("c-Icelake-Client-forbid", {"check": "none", "model": {"name": "Icelake-Client", "fallback": "forbid"}}),
