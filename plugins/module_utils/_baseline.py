@@ -398,7 +398,7 @@ def _fleet_vendor(hosts: Sequence[DistinctHost]) -> FleetVendor:
         raise FleetError("the hosts have CPUs of different vendors (%s); libvirt refuses a baseline across vendors "
                          "(\"CPU vendors do not match\") and guests cannot migrate between them: compute one baseline "
                          "per vendor" % "; ".join(parts))
-    everyone = [vendor for vendor in _by_vendor(hosts)]
+    everyone = list(_by_vendor(hosts))
     # As libvirt's baseline: <vendor> only when every host names the same one.
     return FleetVendor(known[0] if known else None, everyone[0] if len(everyone) == 1 else None)
 

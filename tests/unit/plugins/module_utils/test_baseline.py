@@ -330,7 +330,7 @@ def test_a_tcg_host_has_no_hardware_vendor(facts):
     baseline = fleet_baseline([HostRecord("a", kvm), HostRecord("b", tcg)])
     assert "vendor" not in baseline.cpu
     assert baseline.cpu["model"]["name"] in {m["name"] for m in kvm["modes"]["custom"]["models"]
-                                               if m["vendor"] in ("AMD", "unknown", None)}
+                                             if m["vendor"] in ("AMD", "unknown", None)}
     assert fleet_baseline([HostRecord("a", kvm), HostRecord("b", facts["virt_types"]["qemu"])]).cpu["vendor"] == "AMD"
 
 
