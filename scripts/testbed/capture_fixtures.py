@@ -48,7 +48,7 @@ def read_hosts(inventory: Path) -> List[Dict[str, str]]:
         if line.startswith("["):
             section = line.strip("[]")
         elif line and not line.startswith("#") and section in ("testbed_chroots", "testbed_local"):
-            name, _, rest = line.partition(" ")
+            name, _separator, rest = line.partition(" ")
             host = {key: value.strip("\"'") for key, value in _VAR.findall(rest)}
             host["name"] = name
             hosts.append(host)
