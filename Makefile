@@ -2,7 +2,7 @@
 # `bash .ci/run` (= `make test`) as root in a fresh clone on a fresh Debian machine.
 #
 #   make setup        system packages + .venv + libvirtd/virtlogd running, /dev/kvm usable
-#   make test         setup, then sanity, unit and integration (any failure fails)
+#   make test         setup, then every suite, the version matrix last (any failure fails)
 #   make demo         setup, then playbooks/demo.yml against this machine
 #   make bench        setup, then the benchmarks (bench/run.py, ~10 min; not part of make test)
 #   make matrix       sanity, unit, ansible-doc and a smoke playbook on each ansible-core 2.17-2.21

@@ -330,11 +330,18 @@ def test_every_module_case_fails_with_its_message(table):
             problems.append("%s: did not fail (%s)" % (case.label, json.dumps(result)[:300]))
         elif not all(word in message.lower() for word in case.words):
             problems.append("%s: %r lacks %s" % (case.label, message[:400], case.words))
-        elif "exception" in result or "module_stderr" in result or len(message) > 8100:
+        elif _has_traceback(result) or "module_stderr" in result or len(message) > 8100:
             problems.append("%s: not one clean message: %s" % (case.label, json.dumps(result)[:400]))
     slowest = ", ".join(_slowest(table["main"]))
     print("\nmodule cases: %d, ansible-playbook %.1f s; slowest: %s" % (len(table["cases"]), table["main"].seconds, slowest))
     assert not problems, "\n".join(problems)
+
+
+def _has_traceback(result: dict) -> bool:
+    """Whether a failed result carries a traceback. ansible-core 2.19+ notes the exception being
+    handled when fail_json is called inside an ``except`` block, as "(traceback unavailable)" unless
+    run with -vvv: the user still sees only the message."""
+    return result.get("exception") not in (None, "(traceback unavailable)")
 
 
 def _slowest(run, count: int = 6) -> List[str]:

@@ -349,7 +349,9 @@ def test_through_ansible_templating(facts, sentinels, tmp_path):
         ("cpu_from_xml xxe", "{{ xxe | hostcpu.libvirt.cpu_from_xml }}", "cpu_from_xml: cpu xml contains a doctype"),
         ("cpu_from_xml billion laughs", "{{ laughs | hostcpu.libvirt.cpu_from_xml }}", "cpu_from_xml: cpu xml contains a doctype"),
         ("cpu_from_xml 20 MB", "{{ large | hostcpu.libvirt.cpu_from_xml }}", "more than the 8388608 bytes accepted"),
-        ("cpu_from_xml surrogate", "{{ surrogate_json | from_json | hostcpu.libvirt.cpu_from_xml }}", "cpu xml is not valid text"),
+        # ansible-core 2.19+ refuses the lone surrogate itself, before the filter sees it.
+        ("cpu_from_xml surrogate", "{{ surrogate_json | from_json | hostcpu.libvirt.cpu_from_xml }}",
+         ("cpu xml is not valid text", "invalid utf8 string value")),
         ("cpu_xml bad mode", "{{ {'mode': 'bogus'} | hostcpu.libvirt.cpu_xml }}", "cpu_xml: mode 'bogus' is not valid"),
         ("live_cpu damaged facts", "{{ {'mode': 'host-model'} | hostcpu.libvirt.live_cpu(damaged, 'qemu') }}",
          "live_cpu: host_facts (virt type qemu) are damaged: modes must be a mapping"),
@@ -368,7 +370,8 @@ def test_through_ansible_templating(facts, sentinels, tmp_path):
     for label, _template, words in checks:
         result = results[label]
         assert result.get("failed"), (label, result)
-        assert words in result["msg"].lower(), (label, result["msg"][:500])
+        alternatives = words if isinstance(words, tuple) else (words,)
+        assert any(word in result["msg"].lower() for word in alternatives), (label, result["msg"][:500])
         assert len(result["msg"]) < 8200, label
     when = results["runs_on in when"]
     assert when.get("failed") and "doctype" in when["msg"].lower(), when
