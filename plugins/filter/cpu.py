@@ -23,16 +23,16 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import cpu_
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import host_problems
 
 
-def _virt_type_entry(host_facts: Any, virt_type: Optional[str]) -> Mapping:
+def _virt_type_entry(host_facts: Any, virt_type: Optional[str], name: str) -> Mapping:
     """One ``virt_types`` entry from the whole ``hostcpu`` facts (or ansible_facts), or the entry itself."""
     try:
         return select_entry(host_facts, virt_type, "host_facts")
     except CPUError as exc:
-        raise AnsibleFilterError(brief("live_cpu: %s" % exc)) from None
+        raise AnsibleFilterError(brief("%s: %s" % (name, exc))) from None
 
 
 def _entry_with_expansion(host_facts: Any, virt_type: Optional[str], name: str) -> Mapping:
-    entry = _virt_type_entry(host_facts, virt_type)
+    entry = _virt_type_entry(host_facts, virt_type, name)
     if entry.get("expansion") is None:
         raise AnsibleFilterError("%s: the host facts of virt type '%s' carry no expansion data; gather them with "
                                  "hostcpu.libvirt.cpu_facts (with its default expansion: true) from this collection's version"
@@ -96,13 +96,13 @@ def _problems_of_guest(guest: Any, host_facts: Any, virt_type: Optional[str], pa
 def cpu_problems(cpus: Any, host_facts: Any, virt_type: Optional[str] = None, partial: bool = False) -> List[str]:
     """Why the host of *host_facts* would refuse a CPU (or each guest's CPU) before anything is defined; [] when it would not."""
     if not isinstance(partial, bool):
-        raise AnsibleFilterError("cpu_problems: partial must be true or false, got %r" % (partial,))
+        raise AnsibleFilterError(brief("cpu_problems: partial must be true or false, got %r" % (partial,)))
     if isinstance(cpus, list):
         return [problem for guest in cpus for problem in _problems_of_guest(guest, host_facts, virt_type, partial)]
     try:
         return _problems_of_cpu(cpus, host_facts, virt_type, partial)
     except CPUError as exc:
-        raise AnsibleFilterError("cpu_problems: %s" % exc) from None
+        raise AnsibleFilterError(brief("cpu_problems: %s" % exc)) from None
 
 
 def cpu_xml(cpu: Any, indent: int = 2) -> str:

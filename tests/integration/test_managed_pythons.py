@@ -83,11 +83,12 @@ def test_modules_run_on_the_managed_python(minor, domains, tmp_path):
     python = managed_venv(minor)
     dom = domains.define("py" + minor.replace(".", ""), virt_type="qemu")
     before = dom.XMLDesc(0)
-    python_facts, facts, planned = run_with(python, [
+    results = run_with(python, [
         {"name": "the managed host's Python", "ansible.builtin.setup": {"gather_subset": ["!all"]}},
         module_task("cpu_facts", {"virt_types": ["qemu"], "expansion": False}),
         module_task("domain_cpu", {"name": dom.name(), "cpu": {"mode": "maximum"}}, check_mode=True, diff=True),
     ], tmp_path)
+    python_facts, facts, planned = results[0], results[1], results[2]
     assert python_facts["ansible_facts"]["ansible_python"]["executable"] == str(python)
     assert "%d.%d" % tuple(python_facts["ansible_facts"]["ansible_python"]["version_info"][:2]) == minor
     assert not facts.get("failed"), facts.get("msg")
@@ -101,7 +102,7 @@ def test_modules_run_on_the_managed_python(minor, domains, tmp_path):
 
 def test_an_older_python_gets_a_message_not_a_traceback(tmp_path):
     python = managed_venv(TOO_OLD, with_requirements=False)
-    result, = run_with(python, [module_task("cpu_facts", {"expansion": False})], tmp_path)
+    result = run_with(python, [module_task("cpu_facts", {"expansion": False})], tmp_path)[0]
     assert result.get("failed") is True
     assert result["msg"].startswith("hostcpu.libvirt modules need Python 3.9 or newer on the managed host; ")
     assert "is Python %s." % TOO_OLD in result["msg"] and "Set ansible_python_interpreter" in result["msg"]

@@ -170,6 +170,8 @@ def _valid_args(facts: Dict[str, Any]) -> Dict[str, List[Any]]:
         "cpu_xml": [{"mode": "host-model"}, 2],
         "cpu_from_xml": ["<cpu mode='host-model'/>"],
         "live_cpu": [{"mode": "host-model"}, facts, "qemu"],
+        "live_cpu_prediction": [{"mode": "host-model"}, facts, "qemu", None],
+        "cpu_problems": [{"mode": "host-model"}, facts, "qemu", False],
         "runs_on": [{"mode": "host-model"}, facts, "qemu"],
         "cpu_blockers": [{"mode": "host-model"}, facts, "qemu"],
         "fleet_baseline": [[facts], "qemu", "full", None],
