@@ -23,6 +23,10 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import cpu_
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import host_problems
 
 
+NO_EXPANSION = ("%s: the host facts of virt type '%s' carry no expansion data; gather them with "
+                "hostcpu.libvirt.cpu_facts (with its default expansion: true) from this collection's version")
+
+
 def _virt_type_entry(host_facts: Any, virt_type: Optional[str], name: str) -> Mapping:
     """One ``virt_types`` entry from the whole ``hostcpu`` facts (or ansible_facts), or the entry itself."""
     try:
@@ -34,9 +38,7 @@ def _virt_type_entry(host_facts: Any, virt_type: Optional[str], name: str) -> Ma
 def _entry_with_expansion(host_facts: Any, virt_type: Optional[str], name: str) -> Mapping:
     entry = _virt_type_entry(host_facts, virt_type, name)
     if entry.get("expansion") is None:
-        raise AnsibleFilterError("%s: the host facts of virt type '%s' carry no expansion data; gather them with "
-                                 "hostcpu.libvirt.cpu_facts (with its default expansion: true) from this collection's version"
-                                 % (name, entry.get("domain_type")))
+        raise AnsibleFilterError(NO_EXPANSION % (name, entry.get("domain_type")))
     return entry
 
 
@@ -50,18 +52,25 @@ def live_cpu(cpu: Any, host_facts: Any, virt_type: Optional[str] = None) -> Dict
 
 
 def live_cpu_prediction(cpu: Any, host_facts: Any, virt_type: Optional[str] = None, live: Any = None) -> Dict[str, Any]:
-    """live_cpu that returns libvirt's refusal instead of failing: {cpu, error, fix, match}.
+    """live_cpu that returns libvirt's refusal instead of failing: {cpu, error, fix, match, unpredictable}.
 
     *live*: the CPU the guest runs with now (domain_cpu's live_cpu); ``match`` says whether it is
-    the predicted one (None when either is missing).
+    the predicted one (None when either is missing). ``unpredictable`` says why facts without
+    expansion data give no prediction (None when they have it).
     """
-    entry = _entry_with_expansion(host_facts, virt_type, "live_cpu_prediction")
+    entry = _virt_type_entry(host_facts, virt_type, "live_cpu_prediction")
     try:
-        prediction = live_cpu_or_refusal(cpu_input(cpu), entry)
         running = None if live is None else cpu_input(live, "live")
+        wanted = cpu_input(cpu)
+        if entry.get("expansion") is None:
+            validate_cpu(wanted)
+            return {"cpu": None, "error": None, "fix": None, "match": None,
+                    "unpredictable": NO_EXPANSION % ("live_cpu_prediction", entry.get("domain_type"))}
+        prediction = live_cpu_or_refusal(wanted, entry)
     except CPUError as exc:
-        raise AnsibleFilterError("live_cpu_prediction: %s" % exc) from None
+        raise AnsibleFilterError(brief("live_cpu_prediction: %s" % exc)) from None
     prediction["match"] = None if running is None or prediction["cpu"] is None else prediction["cpu"] == running
+    prediction["unpredictable"] = None
     return prediction
 
 

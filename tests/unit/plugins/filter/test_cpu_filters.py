@@ -192,7 +192,8 @@ def test_cpu_xml_indent():
 def test_live_cpu_prediction_is_live_cpus_answer_when_the_guest_starts(facts):
     live = cpu_from_xml(_text(DEFINE / "qemu-hm.live.xml"))
     prediction = live_cpu_prediction({"mode": "host-model"}, facts, "qemu")
-    assert prediction == {"cpu": live_cpu({"mode": "host-model"}, facts, "qemu"), "error": None, "fix": None, "match": None}
+    assert prediction == {"cpu": live_cpu({"mode": "host-model"}, facts, "qemu"), "error": None, "fix": None, "match": None,
+                          "unpredictable": None}
     assert prediction["cpu"] == live
 
 
@@ -227,11 +228,14 @@ def test_live_cpu_prediction_still_fails_for_what_is_not_a_cpu(facts, cpu, live,
     assert str(refused.value).startswith("live_cpu_prediction: ") and message in str(refused.value)
 
 
-def test_live_cpu_prediction_fails_for_facts_without_expansion_data(facts):
+def test_live_cpu_prediction_says_why_facts_without_expansion_data_give_none(facts):
     entry = dict(facts["virt_types"]["qemu"])
     entry.pop("expansion")
-    with pytest.raises(AnsibleFilterError, match="^live_cpu_prediction: the host facts of virt type 'qemu' carry no expansion data"):
-        live_cpu_prediction({"mode": "host-model"}, entry)
+    prediction = live_cpu_prediction({"mode": "host-model"}, entry)
+    assert prediction["cpu"] is prediction["error"] is prediction["fix"] is prediction["match"] is None
+    assert prediction["unpredictable"].startswith("live_cpu_prediction: the host facts of virt type 'qemu' carry no expansion data")
+    with pytest.raises(AnsibleFilterError, match="mode 'sideways' is not valid"):
+        live_cpu_prediction({"mode": "sideways"}, entry)
 
 
 # ---------------------------------------------------------------------------------------------
