@@ -15,6 +15,7 @@ import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import rules_for
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
 CPUDict = Dict[str, Any]
@@ -35,8 +36,6 @@ KEY_ORDER = ("mode", "match", "check", "migratable", "model", "vendor", "topolog
              "maxphysaddr", "features")
 # libvirt's default model for a custom CPU that names none (x86 pc and q35 machines).
 DEFAULT_X86_MODEL = "qemu64"
-# clusters='N' exists from libvirt 10.1.0; older versions ignore the attribute.
-CLUSTERS_SINCE = (10, 1, 0)
 # libvirt's schema (cputypes.rng featureName) for feature names; CPU model and vendor names follow it too.
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9\-_.]+")
 # cpu_conf.c: vendor_id is 12 bytes, no ',' (it goes on QEMU's command line).
@@ -44,8 +43,6 @@ VENDOR_ID_PATTERN = re.compile(r"[ -+\--~]{12}")
 # libvirt reads topology counts and cache levels as unsigned int, maxphysaddr bits as int.
 UINT_MAX = 4294967295
 INT_MAX = 2147483647
-# virQEMUCapsCPUFilterFeatures (libvirt 9.0): never passed to QEMU, dropped from the definition.
-IGNORED_FEATURES = frozenset(("cmt", "mbm_total", "mbm_local", "osxsave", "ospke"))
 
 
 class CPUDefinitionError(CPUError):
@@ -396,8 +393,7 @@ def _default_check(mode: str, virt_type: str, has_model: bool) -> str:
 def _normalize_topology(topology: Dict[str, int], libvirt_version: Optional[Tuple[int, ...]]) -> Dict[str, int]:
     result = dict(topology)
     result.setdefault("dies", 1)
-    knows_clusters = libvirt_version is None or tuple(libvirt_version) >= CLUSTERS_SINCE
-    if knows_clusters:
+    if rules_for(libvirt_version).topology_clusters:
         result.setdefault("clusters", 1)
     else:
         result.pop("clusters", None)
@@ -511,13 +507,3 @@ def features_from_mapping(features: Union[List[Any], Dict[str, str], None]) -> O
     return result
 
 
-def parse_version(text: Union[str, int, None]) -> Optional[Tuple[int, int, int]]:
-    """'9.0.0' or libvirt's integer 9000000 -> (9, 0, 0)."""
-    if text is None:
-        return None
-    if isinstance(text, int):
-        return (text // 1000000, (text // 1000) % 1000, text % 1000)
-    parts = [int(p) for p in str(text).split(".")[:3] if p.isdigit()]
-    while len(parts) < 3:
-        parts.append(0)
-    return tuple(parts)  # type: ignore[return-value]

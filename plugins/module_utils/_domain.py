@@ -17,7 +17,6 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     CPUDict,
-    IGNORED_FEATURES,
     KEY_ORDER,
     MIGRATABLE_MODES,
     MODE_INDEPENDENT_KEYS,
@@ -29,6 +28,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     ordered,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import rules_for
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import etree, parse_xml
 
 # Children of <cpu> that the CPU dict describes; every other child (numa, ...) is kept verbatim.
@@ -434,8 +434,9 @@ def outside_cpu_differences(before: str, after: str, limit: int = 40) -> List[st
 # running guests
 
 
-def _feature_matches_live(name: str, policy: str, live_policy: Optional[str]) -> bool:
-    if live_policy is None and name in IGNORED_FEATURES:
+def _feature_matches_live(name: str, policy: str, live_policy: Optional[str],
+                          libvirt_version: Optional[Tuple[int, ...]]) -> bool:
+    if live_policy is None and name in rules_for(libvirt_version).ignored_features:
         return True  # libvirt never passes these to QEMU and drops them from the live CPU
     if policy in ("disable", "forbid"):
         return live_policy in (None, "disable", "forbid")
@@ -509,7 +510,7 @@ def live_matches_definition(definition: CPUDict, live: CPUDict, virt_type: str =
         if wanted.get(key) != running.get(key):
             return False
     live_policies = {f["name"]: f["policy"] for f in running.get("features") or []}
-    if not all(_feature_matches_live(f["name"], f["policy"], live_policies.get(f["name"])) for f in wanted.get("features") or []):
+    if not all(_feature_matches_live(f["name"], f["policy"], live_policies.get(f["name"]), libvirt_version) for f in wanted.get("features") or []):
         return False
     return not (mode == "host-model" and _host_model_features_pending(wanted, running, host_model, dependencies))
 

@@ -50,14 +50,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
-    IGNORED_FEATURES,
     CPUDict,
     normalize_cpu,
     ordered,
-    parse_version,
     validate_cpu,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import LibvirtRules, parse_version, rules_for
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
 DATA_FORMAT = 1
@@ -197,14 +196,18 @@ def _steppings(text: Optional[str]) -> Optional[List[int]]:
     return result
 
 
-def _model_entry(model_el, models: Dict[str, Dict[str, Any]], index: Dict[str, int]) -> Dict[str, Any]:
+def _model_entry(model_el, models: Dict[str, Dict[str, Any]], index: Dict[str, int], rules: LibvirtRules) -> Dict[str, Any]:
+    """x86ModelParse: the model's data (its ancestor's plus its features), vendor, signatures, decode
+    flags, removed and added features (neither is inherited) and whether check='partial' compares
+    the whole model (``<check partial='compat'/>``)."""
     base_el = model_el.find("model")
     base = models.get(base_el.get("name")) if base_el is not None else None
     if base_el is not None and base is None:
         raise ExpansionDataError("CPU map model '%s' is based on unknown model '%s'"
                                  % (model_el.get("name"), base_el.get("name")))
     entry = {"vendor": base["vendor"] if base else None, "mask": base["mask"] if base else 0,
-             "removed": [], "signatures": list(base["signatures"]) if base else []}
+             "removed": [], "added": [], "signatures": list(base["signatures"]) if base else [],
+             "compat_check": (model_el.find("check") is not None and model_el.find("check").get("partial") == "compat")}
     signatures = [[_int0(el.get("family")), _int0(el.get("model")), _steppings(el.get("stepping"))]
                   for el in model_el.findall("signature")]
     if signatures:
@@ -221,17 +224,35 @@ def _model_entry(model_el, models: Dict[str, Dict[str, Any]], index: Dict[str, i
             raise ExpansionDataError("CPU map model '%s' uses unknown feature '%s'" % (model_el.get("name"), name))
         if feature_el.get("removed") == "yes":
             entry["removed"].append(name)
+        elif feature_el.get("added") == "yes" and rules.added_model_features:
+            entry["added"].append(name)
         else:
             entry["mask"] |= 1 << index[name]
     return entry
 
 
-def cpu_map_from_xml(files: Mapping[str, Union[str, bytes]], arch: str = "x86") -> Dict[str, Any]:
-    """libvirt's CPU map for *arch* from ``{file name: XML text}`` (index.xml and what it includes).
+def _include_names(arch_el, rules: LibvirtRules) -> List[str]:
+    """The files index.xml includes for one arch, in document order (loadIncludes' XPath: an
+    ``include`` child, or with the grouped layout also a ``group/include`` grandchild)."""
+    names = []
+    for child in arch_el:
+        if child.tag == "include" and "include" in rules.cpu_map_includes:
+            names.append(child.get("filename"))
+        elif child.tag == "group" and "group/include" in rules.cpu_map_includes:
+            names.extend(el.get("filename") for el in child if el.tag == "include")
+    return names
+
+
+def cpu_map_from_xml(files: Mapping[str, Union[str, bytes]], arch: str = "x86",
+                     rules: Optional[LibvirtRules] = None) -> Dict[str, Any]:
+    """libvirt's CPU map for *arch* from ``{file name: XML text}`` (index.xml and what it includes),
+    read as the libvirt of *rules* reads it (default: the newest rules, which read every layout).
 
     Returns ``{"features": [names in map order], "bits": {name: bit}, "non_migratable": [...],
-    "models": {name: {vendor, mask, removed, signatures, decode}}, "vendors": {name: string}}``.
+    "models": {name: {vendor, mask, removed, added, compat_check, signatures, decode}},
+    "vendors": {name: string}}``.
     """
+    rules = rules or rules_for(None)
     if "index.xml" not in files:
         raise ExpansionDataError("libvirt's CPU map needs index.xml; pass the files of %s" % CPU_MAP_DIR)
     index_root = parse_xml(files["index.xml"], "CPU map index.xml")
@@ -240,8 +261,7 @@ def cpu_map_from_xml(files: Mapping[str, Union[str, bytes]], arch: str = "x86") 
         raise ExpansionDataError("libvirt's CPU map has no arch '%s'" % arch)
     result: Dict[str, Any] = {"features": [], "bits": {}, "non_migratable": [], "models": {}, "vendors": {}}
     index: Dict[str, int] = {}
-    for include in arch_el.findall("include"):
-        name = include.get("filename")
+    for name in _include_names(arch_el, rules):
         if name not in files:
             raise ExpansionDataError("libvirt's CPU map file %s (included by index.xml) is missing" % name)
         root = parse_xml(files[name], "CPU map %s" % name)
@@ -256,20 +276,20 @@ def cpu_map_from_xml(files: Mapping[str, Union[str, bytes]], arch: str = "x86") 
                 if element.get("migratable") == "no":
                     result["non_migratable"].append(feature)
             elif element.tag == "model":
-                result["models"][element.get("name")] = _model_entry(element, result["models"], index)
+                result["models"][element.get("name")] = _model_entry(element, result["models"], index, rules)
     return result
 
 
-def read_cpu_map_files(directory: str = CPU_MAP_DIR, arch: str = "x86") -> Dict[str, str]:
-    """The CPU map files of *arch* from libvirt's data directory on this host."""
+def read_cpu_map_files(directory: str = CPU_MAP_DIR, arch: str = "x86", rules: Optional[LibvirtRules] = None) -> Dict[str, str]:
+    """The CPU map files of *arch* from libvirt's data directory on this host (every layout by default)."""
+    rules = rules or rules_for(None)
     files: Dict[str, str] = {}
     try:
         with open(os.path.join(directory, "index.xml"), encoding="utf-8") as handle:
             files["index.xml"] = handle.read()
         index_root = parse_xml(files["index.xml"], "CPU map index.xml")
         arch_el = index_root.find("arch[@name='%s']" % arch)
-        for include in [] if arch_el is None else arch_el.findall("include"):
-            name = include.get("filename")
+        for name in [] if arch_el is None else _include_names(arch_el, rules):
             if os.path.basename(name) != name:
                 raise ExpansionDataError("CPU map index.xml includes '%s', which is not a plain file name" % name)
             with open(os.path.join(directory, name), encoding="utf-8") as handle:
@@ -404,6 +424,10 @@ def _models_for_facts(cpu_map: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
             entry["vendor"] = model["vendor"]
         if model["removed"]:
             entry["removed"] = list(model["removed"])
+        if model.get("added"):
+            entry["added"] = list(model["added"])
+        if model.get("compat_check"):
+            entry["compat_check"] = True
         if model["signatures"]:
             entry["signatures"] = [list(sig) for sig in model["signatures"]]
         if model["decode"] != [True, True]:
@@ -553,15 +577,16 @@ def expansion_data_from_parts(cpu_map: Mapping[str, Any], virt_type: str, host_m
 
 
 def expansion_data_from_xml(cpu_map_files: Mapping[str, Union[str, bytes]], capabilities_xml: Union[str, bytes, None],
-                            domcaps_xml: Union[str, bytes], qemu: Mapping[str, Any]) -> Dict[str, Any]:
+                            domcaps_xml: Union[str, bytes], qemu: Mapping[str, Any],
+                            rules: Optional[LibvirtRules] = None) -> Dict[str, Any]:
     """The ``expansion`` facts of one virt type from XML libvirt printed and QEMU's measured behaviour.
 
     *qemu* is what ``probe_qemu`` read through QMP (libvirt feature names): ``models`` (model ->
     features QEMU enables for it), ``max`` / ``max_migratable`` (what the accelerator can give),
     ``non_migratable`` (what QEMU does not migrate: left out of host-model guests), ``known`` and
-    ``msr_failures``.
+    ``msr_failures``. *rules*: those of the host's libvirt (default: the newest).
     """
-    cpu_map = cpu_map_from_xml(cpu_map_files)
+    cpu_map = cpu_map_from_xml(cpu_map_files, rules=rules)
     index = {name: position for position, name in enumerate(cpu_map["features"])}
     domcaps_root = parse_xml(domcaps_xml, "domain capabilities XML")
     virt_type = (domcaps_root.findtext("domain") or "").strip()
@@ -614,11 +639,21 @@ def _libvirt_message(exc: Exception) -> str:
     return " ".join(((getter() if getter else None) or str(exc)).split())
 
 
-def _probe_cpu_xml(label: str, disabled: Sequence[str] = ()) -> str:
+def largest_cpu_mode(entry: Mapping[str, Any]) -> Optional[str]:
+    """The mode of the largest CPU the virt type offers: maximum, else (libvirt 7.0, which has no
+    maximum, under KVM) host-passthrough, which is QEMU's 'host' = 'max' under an accelerator."""
+    modes = entry.get("modes") or {}
+    for mode in PASSTHROUGH_MODES[::-1]:
+        if (modes.get(mode) or {}).get("supported"):
+            return mode
+    return None
+
+
+def _probe_cpu_xml(label: str, disabled: Sequence[str] = (), largest_mode: str = "maximum") -> str:
     features = "".join("<feature policy='force' name='%s'/>" % name for name in NO_AUTOENABLE)
     features += "".join("<feature policy='disable' name='%s'/>" % name for name in disabled)
     if label == "max":
-        return "<cpu mode='maximum' migratable='off'>%s</cpu>" % features
+        return "<cpu mode='%s' migratable='off'>%s</cpu>" % (largest_mode, features)
     if label == "detect":
         return "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>%s</cpu>" % features
     return ""
@@ -630,7 +665,7 @@ def _create_probe_guest(conn, entry: Mapping[str, Any], token: str, label: str, 
     import libvirt  # pylint: disable=import-outside-toplevel
     name = "%s%s-%s-%s" % (PROBE_NAME_PREFIX, token, entry["domain_type"], label)
     if cpu_xml is None:
-        cpu_xml = _probe_cpu_xml(label, disabled)
+        cpu_xml = _probe_cpu_xml(label, disabled, largest_cpu_mode(entry) or "maximum")
     try:
         domain = conn.createXML(_probe_domain_xml(entry, name, cpu_xml), libvirt.VIR_DOMAIN_START_PAUSED)
         return domain, name, None
@@ -681,7 +716,7 @@ def _start_probe_guest(conn, entry: Mapping[str, Any], token: str) -> ProbeGuest
     failures: List[Dict[str, Any]] = []
     errors: List[str] = []
     disabled: List[str] = []
-    if (entry.get("modes") or {}).get("maximum", {}).get("supported"):
+    if largest_cpu_mode(entry):
         for _attempt in range(3):
             domain, name, error = _create_probe_guest(conn, entry, token, "max", disabled)
             if domain is not None:
@@ -925,7 +960,8 @@ def _add_unannounced_results(qemu: Dict[str, Any], unannounced: Optional[Unannou
 
 
 def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml: Optional[str] = None,
-                                domcaps_xml: Optional[str] = None, cpu_map_dir: str = CPU_MAP_DIR) -> Dict[str, Any]:
+                                domcaps_xml: Optional[str] = None, cpu_map_dir: str = CPU_MAP_DIR,
+                                rules: Optional[LibvirtRules] = None) -> Dict[str, Any]:
     """Measure and return the ``expansion`` facts of *entry*'s virt type on the host of *conn*.
 
     Starts one paused transient guest ``hostcpu-probe-<random>-<virt type>-...`` (two when the
@@ -934,10 +970,11 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
     then destroys it. Under an accelerator whose largest CPU started, a second guest (``-msr-10a``,
     started while the first is destroyed) learns whether KVM refuses an MSR the guest's CPUID does not
     announce (``msr_unannounced_failures``); when it does, QEMU's CPUID level of each model and of
-    the features that raise it are measured too. Reads libvirt's CPU map from *cpu_map_dir*.
+    the features that raise it are measured too. Reads libvirt's CPU map from *cpu_map_dir* the way
+    the libvirt of *rules* does.
     """
-    cpu_map_files = read_cpu_map_files(cpu_map_dir)
-    cpu_map = cpu_map_from_xml(cpu_map_files)
+    cpu_map_files = read_cpu_map_files(cpu_map_dir, rules=rules)
+    cpu_map = cpu_map_from_xml(cpu_map_files, rules=rules)
     if capabilities_xml is None:
         capabilities_xml = conn.getCapabilities()
     if domcaps_xml is None:
@@ -951,7 +988,7 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
         _destroy_probe_guest(conn, guest.domain, guest.name)
     _add_unannounced_results(qemu, unannounced)
     qemu["msr_failures"] = guest.msr_failures
-    return expansion_data_from_xml(cpu_map_files, capabilities_xml, domcaps_xml, qemu)
+    return expansion_data_from_xml(cpu_map_files, capabilities_xml, domcaps_xml, qemu, rules)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -965,6 +1002,8 @@ class ModelInfo(NamedTuple):
     signatures: Tuple[Tuple[int, int, Optional[Tuple[int, ...]]], ...]
     decode_host: bool
     decode_guest: bool
+    added: Mask = 0              # features added to the model later (added='yes'): not in its data
+    compat_check: bool = False   # check='partial' compares the whole model (<check partial='compat'/>)
 
 
 class CPUMap:
@@ -978,11 +1017,14 @@ class CPUMap:
 
     @classmethod
     def from_map(cls, cpu_map: Mapping[str, Any]) -> "CPUMap":
+        index = {name: position for position, name in enumerate(cpu_map["features"])}
         models = OrderedDict()
         for name, model in cpu_map["models"].items():
             models[name] = ModelInfo(model["vendor"], model["mask"], tuple(model["removed"]),
                                      tuple(_signature_tuple(sig) for sig in model["signatures"]),
-                                     model["decode"][0], model["decode"][1])
+                                     model["decode"][0], model["decode"][1],
+                                     _mask_of(model.get("added") or (), index),
+                                     bool(model.get("compat_check")))
         return cls(cpu_map["features"], models)
 
     @classmethod
@@ -994,10 +1036,14 @@ class CPUMap:
             models[name] = ModelInfo(model.get("vendor"), from_hex(model.get("features"), "models.%s.features" % name),
                                      _names(model.get("removed"), "models.%s.removed" % name),
                                      tuple(_signature_tuple(sig) for sig in model.get("signatures") or ()),
-                                     bool(decode_flags[0]), bool(decode_flags[1]))
+                                     bool(decode_flags[0]), bool(decode_flags[1]),
+                                     _names(model.get("added"), "models.%s.added" % name),
+                                     bool(model.get("compat_check")))
         names = data.get("features")
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             raise ExpansionDataError("expansion data: 'features' must be the list of libvirt's feature names")
+        index = {name: position for position, name in enumerate(names)}
+        models = OrderedDict((name, info._replace(added=_mask_of(info.added, index))) for name, info in models.items())
         return cls(names, models)
 
     def mask(self, names: Iterable[str]) -> Mask:
@@ -1061,6 +1107,7 @@ class Context:
         self.virt_type = entry.get("domain_type") or data.get("virt_type")
         self.arch = entry.get("arch") or "x86_64"
         self.libvirt_version = parse_version(entry.get("libvirt_version"))
+        self.rules = rules_for(self.libvirt_version)
         self.map = cpu_map_of(data)
         self.msr = {name: (int(value[0]), int(value[1])) for name, value in _mapping(data.get("msr") or {}, "msr").items()}
         qemu = _mapping(data.get("qemu"), "qemu")
@@ -1081,10 +1128,32 @@ class Context:
                                                from_hex(host.get("listed"), "host.listed"))
         modes = entry.get("modes") or {}
         self.modes = {name: bool((mode or {}).get("supported")) for name, mode in modes.items()}
-        names = [model.get("name") for model in (modes.get("custom") or {}).get("models") or ()]
+        custom_models = (modes.get("custom") or {}).get("models") or ()
+        names = [model.get("name") for model in custom_models]
         if not names:
             names = list(self.qemu_models)
         self.allowed = {name: self.qemu_models.get(name, 0) & ~self.supported for name in names}
+        # domcapabilities' usable= and <blockers> of each model, for the blockers-based partial check
+        self.usable = {model.get("name"): model.get("usable") for model in custom_models}
+        self.blockers = {model.get("name"): tuple(model.get("blockers") or ()) for model in custom_models
+                         if model.get("blockers") is not None}
+        self.reported = self._reported_host_model((modes.get("host-model") or {}).get("cpu"))
+
+    def _reported_host_model(self, cpu: Any) -> Optional[Mask]:
+        """virCPUExpandFeatures of the host-model CPU domcapabilities reports, when QEMU gave it
+        (fallback forbid): what the blockers-based partial check requires features from."""
+        if not _is_mapping(cpu) or not _is_mapping(cpu.get("model")) or cpu["model"].get("fallback") != "forbid":
+            return None
+        model = self.map.models.get(cpu["model"].get("name"))
+        if model is None:
+            return None
+        mask = model.mask
+        for feature in cpu.get("features") or ():
+            if (feature.get("policy") or "require") in ENABLING:
+                mask |= self.map.bit(feature["name"])
+            elif feature.get("policy") in DISABLING:
+                mask &= ~self.map.bit(feature["name"])
+        return mask
 
     @staticmethod
     def _host_model(value: Any) -> Optional[Tuple[str, Optional[str], Tuple[Tuple[str, str], ...]]]:
@@ -1249,8 +1318,45 @@ def check_forbidden(ctx: Context, cpu: GuestCPU) -> None:
                                 hint="the host has '%s'; use policy disable instead of forbid" % name)
 
 
+def _usable_as_is(ctx: Context, cpu: GuestCPU) -> bool:
+    """virQEMUCapsIsCPUUsable: a usable model that enables no feature needs no check."""
+    return (bool(cpu.model) and ctx.usable.get(cpu.model) is True
+            and all(policy == "disable" for policy in cpu.features.values()))
+
+
+def _compat_check(ctx: Context, cpu: GuestCPU) -> bool:
+    """qemuDomainCheckCPU: whether the old whole-model comparison applies (else the blockers one)."""
+    if not cpu.model or ctx.reported is None or cpu.model not in ctx.blockers:
+        return True
+    model = ctx.map.models.get(cpu.model)
+    return model is None or model.compat_check
+
+
+def _compare_unusable(ctx: Context, cpu: GuestCPU) -> None:
+    """virCPUCompareUnusable: QEMU's blockers of the model not disabled by the CPU, then the features
+    it requires that the reported host-model CPU does not."""
+    missing = [name for name in ctx.blockers[cpu.model] if cpu.features.get(name) != "disable"]
+    missing += [name for name, policy in cpu.features.items()
+                if policy == "require" and not ctx.map.bit(name) & ctx.reported and name not in missing]
+    if missing:
+        raise _incompatible("Host CPU does not provide required features: %s" % ", ".join(missing),
+                            missing_features=missing, fix=_fix(missing),
+                            hint="disable %s (or choose a model the host can run, or check: none)" % ", ".join(missing))
+
+
 def compare_with_host(ctx: Context, cpu: GuestCPU) -> None:
-    """x86Compute(full host CPU, cpu) with failIncompatible: what check='partial' refuses."""
+    """What check='partial' refuses, by the partial-check rule of the host's libvirt."""
+    if ctx.rules.partial_check == "blockers":
+        if _usable_as_is(ctx, cpu):
+            return
+        if not _compat_check(ctx, cpu):
+            _compare_unusable(ctx, cpu)
+            return
+    compare_whole_model(ctx, cpu)
+
+
+def compare_whole_model(ctx: Context, cpu: GuestCPU) -> None:
+    """x86Compute(full host CPU, cpu) with failIncompatible: the whole model against the host."""
     if ctx.host is None:
         raise _incompatible("unknown host CPU")
     host_vendor, host, _listed = ctx.host
@@ -1354,7 +1460,7 @@ def translate_model(ctx: Context, cpu: GuestCPU) -> None:
 def filter_for_qemu(ctx: Context, cpu: GuestCPU) -> None:
     """Drop what libvirt never gives QEMU: ignored features, and disabled features QEMU does not know."""
     for name, policy in list(cpu.features.items()):
-        if name in IGNORED_FEATURES or (policy in DISABLING and ctx.map.bit(name) & ctx.unknown):
+        if name in ctx.rules.ignored_features or (policy in DISABLING and ctx.map.bit(name) & ctx.unknown):
             del cpu.features[name]
 
 
@@ -1481,6 +1587,9 @@ def update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> N
     removed_mask = (disabled | (data & ~enabled)) & known
     added: List[str] = []
     removed: List[str] = []
+    model = ctx.map.models.get(cpu.model) if cpu.model else None
+    # added='yes' features the definition does not name: check='full' lets the hypervisor decide
+    ignored = (model.added if model else 0) & ~(data | cpu.with_policy(ctx, "disable"))
     full = cpu.check == "full"
     changed = added_mask | removed_mask
     while changed:
@@ -1488,12 +1597,12 @@ def update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> N
         changed ^= lowest
         name = ctx.map.names[lowest.bit_length() - 1]
         if added_mask & lowest:
-            if full:
+            if full and not ignored & lowest:
                 added.append(name)
             else:
                 cpu.update_feature(name, "require")
         if removed_mask & lowest:
-            if full:
+            if full and not ignored & lowest:
                 removed.append(name)
             else:
                 cpu.update_feature(name, "disable")

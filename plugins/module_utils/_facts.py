@@ -30,9 +30,9 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     cpu_from_xml,
     cpu_to_xml,
     ordered,
-    parse_version,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
 Entry = Dict[str, Any]

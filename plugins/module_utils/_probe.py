@@ -37,6 +37,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     verify_domain_xml,
     verify_guest_name,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import LibvirtRules, rules_for
 
 # Where libvirtd (qemu:///system) writes each guest's QEMU log; verify guests' logs are removed.
 SYSTEM_GUEST_LOG_DIR = "/var/log/libvirt/qemu"
@@ -166,16 +167,18 @@ def verify_entries(conn, entries: Dict[str, Entry], token: Optional[str] = None)
 # expansion data (what live_cpu needs: QEMU's behaviour measured by _expansion's probe guest)
 
 
-def gather_expansion_data(conn, entries: Dict[str, Entry], capabilities_xml: str,
-                          domcaps: Dict[str, str]) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, str]]:
-    """``expansion_data_from_libvirt`` for every entry, the virt types side by side.
+def gather_expansion_data(conn, entries: Dict[str, Entry], capabilities_xml: str, domcaps: Dict[str, str],
+                          rules: Optional[LibvirtRules] = None) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, str]]:
+    """``expansion_data_from_libvirt`` for every entry, the virt types side by side, with the
+    rules of the host's libvirt.
 
     Returns the data per virt type and, per virt type that failed, why.
     """
     if not entries:
         return {}, {}
     with ThreadPoolExecutor(max_workers=len(entries)) as pool:
-        futures = {virt_type: pool.submit(expansion_data_from_libvirt, conn, entry, capabilities_xml, domcaps[virt_type])
+        futures = {virt_type: pool.submit(expansion_data_from_libvirt, conn, entry, capabilities_xml, domcaps[virt_type],
+                                             rules=rules)
                    for virt_type, entry in entries.items()}
     data: Dict[str, Dict[str, Any]] = {}
     errors: Dict[str, str] = {}
@@ -229,5 +232,6 @@ def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False
     if verify:
         result["verified"] = verify_entries(conn, entries)
     result["expansion_data"], result["expansion_errors"] = (
-        gather_expansion_data(conn, entries, capabilities_xml, result["domcaps"]) if expansion else (None, {}))
+        gather_expansion_data(conn, entries, capabilities_xml, result["domcaps"], rules_for(versions["libvirt_version"]))
+        if expansion else (None, {}))
     return result

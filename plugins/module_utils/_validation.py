@@ -35,7 +35,6 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     CPUDict,
     cpu_from_xml,
     normalize_cpu,
-    parse_version,
     validate_cpu,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
@@ -46,6 +45,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     mode_supported,
     usable_models,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
 CPU_MAP_DIR = "/usr/share/libvirt/cpu_map"

@@ -348,7 +348,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
     require_libraries,
     resolve_uri,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_to_xml, ordered, parse_version
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_to_xml, ordered
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     CPUPlan,
     DomainInfo,
@@ -369,6 +369,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     replace_cpu,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
 
 # _facts, _validation and _watch are imported where they are used: a run that changes nothing
 # needs none of them, and the payload compiles every module_util it imports on each run.

@@ -391,7 +391,7 @@ def test_xml_mode_edits_text_without_libvirt(domains, run_tasks):
 
 
 def test_a_concurrent_change_is_not_overwritten(conn, domains):
-    from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import parse_version
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
     from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
     from ansible_collections.hostcpu.libvirt.plugins.modules.domain_cpu import read_job, write_job
 

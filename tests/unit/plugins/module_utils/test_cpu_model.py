@@ -18,10 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.hostcpu.libvirt.plugins.module_utils import _expansion
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     CPUDefinitionError,
-    IGNORED_FEATURES,
     cpu_from_xml,
     cpu_to_xml,
     normalize_cpu,
@@ -182,7 +180,3 @@ def test_validation_messages(cpu, message):
     with pytest.raises(CPUDefinitionError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate_cpu(cpu)
 
-
-def test_ignored_features_are_one_list():
-    """_domain reads them from _cpu_model (small, always imported); the prediction uses the same object."""
-    assert _expansion.IGNORED_FEATURES is IGNORED_FEATURES

@@ -1,0 +1,125 @@
+# Copyright: hostcpu.libvirt contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What libvirt does differently from one version to the next, as one table of rules.
+
+Every answer about a host is computed with the rules of that host's libvirt, chosen from the
+version in its facts by ``rules_for``. A row holds the whole set of rules from its ``since``
+version up to the next row; each row is written as the changes against the row before it, with
+the place in libvirt's source (or the measurement) that shows the change. Nothing outside this
+table compares libvirt versions.
+
+Rows between measured versions (7.0, 9.0, 11.3, 12.8 on the test fleet; 9.0 and 11.3 test data)
+take the release that introduced the change from libvirt's NEWS where it names one; where it does
+not, the first measured version that shows it.
+"""
+
+from __future__ import annotations
+
+from typing import FrozenSet, NamedTuple, Optional, Tuple, Union
+
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+
+Version = Tuple[int, int, int]
+
+
+class UnsupportedLibvirtVersion(CPUError):
+    """The facts name a libvirt older than the oldest this collection knows the rules of."""
+
+
+class LibvirtRules(NamedTuple):
+    """The rules of one libvirt version range (from ``since`` to the next row)."""
+
+    since: Version
+    # XPaths (below index.xml's <arch>) of the CPU map files libvirt loads (src/cpu/cpu_map.c, loadIncludes)
+    cpu_map_includes: Tuple[str, ...]
+    # <cpu mode=...> values libvirt's grammar accepts (src/conf/cpu_conf.c, virCPUMode)
+    modes: Tuple[str, ...]
+    # features libvirt never passes to QEMU and drops from the guest CPU (qemu_capabilities.c,
+    # virQEMUCapsCPUFilterFeatures)
+    ignored_features: FrozenSet[str]
+    # a model's <feature added='yes'/> is kept out of the model's data and check='full' does not
+    # complain about it (src/cpu/cpu_x86.c, x86ModelParseFeatures and virCPUx86UpdateLive)
+    added_model_features: bool
+    # how check='partial' compares a custom CPU with the host (qemu_domain.c, qemuDomainCheckCPU):
+    # "compare": the whole model against the host CPU (virCPUCompare);
+    # "blockers": for models without <check partial='compat'/> only QEMU's blockers of the model and
+    # the explicitly required features (virCPUCompareUnusable)
+    partial_check: str
+    # <topology clusters=...> exists (src/conf/cpu_conf.c)
+    topology_clusters: bool
+
+
+def _changed(previous: LibvirtRules, since: Version, **changes) -> LibvirtRules:
+    return previous._replace(since=since, **changes)
+
+
+_LIBVIRT_7_0 = LibvirtRules(
+    since=(7, 0, 0),
+    cpu_map_includes=("include",),
+    modes=("custom", "host-model", "host-passthrough"),
+    ignored_features=frozenset(("cmt", "mbm_total", "mbm_local", "osxsave", "ospke")),
+    added_model_features=False,
+    partial_check="compare",
+    topology_clusters=False,
+)
+# NEWS 7.1.0: "Introduce maximum CPU mode" (7.0 refuses "Invalid mode attribute 'maximum'").
+_LIBVIRT_7_1 = _changed(_LIBVIRT_7_0, (7, 1, 0), modes=_LIBVIRT_7_0.modes + ("maximum",))
+# NEWS 10.1.0: CPU clusters in <topology>.
+_LIBVIRT_10_1 = _changed(_LIBVIRT_7_1, (10, 1, 0), topology_clusters=True)
+# NEWS 11.0.0: versioned CPU models (-vN), which came with the grouped CPU map index, added='yes'
+# features, <check partial='compat'/> and the blockers-based partial check; the three vmx-*
+# features QEMU never supported joined the ignored list (first measured in 11.3).
+_LIBVIRT_11_0 = _changed(
+    _LIBVIRT_10_1, (11, 0, 0),
+    cpu_map_includes=("include", "group/include"),
+    ignored_features=_LIBVIRT_10_1.ignored_features | {"vmx-ept-uc", "vmx-ept-wb", "vmx-invvpid-single-context"},
+    added_model_features=True,
+    partial_check="blockers",
+)
+
+RULES: Tuple[LibvirtRules, ...] = (_LIBVIRT_7_0, _LIBVIRT_7_1, _LIBVIRT_10_1, _LIBVIRT_11_0)
+OLDEST_SUPPORTED: Version = RULES[0].since
+# The newest libvirt whose rules were measured; newer ones get these rules and a warning.
+NEWEST_KNOWN: Version = (12, 8, 0)
+
+
+def parse_version(text: Union[str, int, None]) -> Optional[Version]:
+    """'9.0.0' or libvirt's integer 9000000 -> (9, 0, 0); None stays None."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        return (text // 1000000, (text // 1000) % 1000, text % 1000)
+    parts = [int(part) for part in str(text).split(".")[:3] if part.isdigit()]
+    while len(parts) < 3:
+        parts.append(0)
+    return (parts[0], parts[1], parts[2])
+
+
+def _text(version: Version) -> str:
+    return ".".join(str(part) for part in version)
+
+
+def rules_for(version: Union[str, int, Tuple[int, ...], None]) -> LibvirtRules:
+    """The rules of libvirt *version*; facts without a version get the newest rules."""
+    parsed = parse_version(version) if not isinstance(version, tuple) else tuple(version)[:3]
+    if parsed is None:
+        return RULES[-1]
+    if parsed < OLDEST_SUPPORTED:
+        raise UnsupportedLibvirtVersion(
+            "libvirt %s is older than %s, the oldest version hostcpu.libvirt knows the CPU rules of; upgrade "
+            "libvirt on that host" % (_text(parsed), _text(OLDEST_SUPPORTED)))
+    chosen = RULES[0]
+    for row in RULES:
+        if row.since <= parsed:
+            chosen = row
+    return chosen
+
+
+def version_warning(version: Union[str, int, None]) -> Optional[str]:
+    """A warning for a libvirt newer than the newest whose rules are known, else None."""
+    parsed = parse_version(version)
+    if parsed is None or parsed[:2] <= NEWEST_KNOWN[:2]:
+        return None
+    return ("libvirt %s is newer than %s, the newest version hostcpu.libvirt was tested with: its answers for "
+            "this host use the rules of %s and may miss what changed since" % (
+                _text(parsed), _text(NEWEST_KNOWN), _text(NEWEST_KNOWN)))
