@@ -21,6 +21,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPU
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import live_cpu_or_refusal, predict_live_cpu
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import cpu_input, plain, select_entry
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import host_problems
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import version_warning
 
 
 NO_EXPANSION = ("%s: the host facts of virt type '%s' carry no expansion data; gather them with "
@@ -65,12 +66,13 @@ def live_cpu_prediction(cpu: Any, host_facts: Any, virt_type: Optional[str] = No
         if entry.get("expansion") is None:
             validate_cpu(wanted)
             return {"cpu": None, "error": None, "fix": None, "match": None,
-                    "unpredictable": NO_EXPANSION % ("live_cpu_prediction", entry.get("domain_type"))}
+                    "unpredictable": NO_EXPANSION % ("live_cpu_prediction", entry.get("domain_type")), "warning": None}
         prediction = live_cpu_or_refusal(wanted, entry)
     except CPUError as exc:
         raise AnsibleFilterError(brief("live_cpu_prediction: %s" % exc)) from None
     prediction["match"] = None if running is None or prediction["cpu"] is None else prediction["cpu"] == running
     prediction["unpredictable"] = None
+    prediction["warning"] = version_warning(entry.get("libvirt_version"))
     return prediction
 
 

@@ -265,6 +265,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT_TYPES, build_facts, check_virt_types
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe import probe
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import rules_for, version_warning
 
 OFFLINE_OPTIONS = ("capabilities_xml", "domain_capabilities_xml")
 
@@ -315,6 +316,10 @@ def facts_from_libvirt(module: AnsibleModule) -> dict:
     params = module.params
     with connection(params["uri"]) as conn:
         found = probe(conn, params["virt_types"], params["verify_modes"], params["expansion"])
+    libvirt_version = found["versions"]["libvirt_version"]
+    rules_for(libvirt_version)
+    if version_warning(libvirt_version):
+        module.warn(version_warning(libvirt_version))
     facts = build_facts(found["capabilities_xml"], found["domcaps"], found["versions"], found["expansions"], found["verified"],
                         found["expansion_data"])
     for virt_type, reason in found["expansion_errors"].items():

@@ -193,8 +193,21 @@ def test_live_cpu_prediction_is_live_cpus_answer_when_the_guest_starts(facts):
     live = cpu_from_xml(_text(DEFINE / "qemu-hm.live.xml"))
     prediction = live_cpu_prediction({"mode": "host-model"}, facts, "qemu")
     assert prediction == {"cpu": live_cpu({"mode": "host-model"}, facts, "qemu"), "error": None, "fix": None, "match": None,
-                          "unpredictable": None}
+                          "unpredictable": None, "warning": None}
     assert prediction["cpu"] == live
+
+
+def test_live_cpu_prediction_warns_for_a_libvirt_newer_than_the_newest_known(facts):
+    entry = dict(facts["virt_types"]["qemu"], libvirt_version="13.2.0")
+    prediction = live_cpu_prediction({"mode": "host-model"}, entry)
+    assert prediction["cpu"] == live_cpu({"mode": "host-model"}, facts, "qemu"), "the newest rules (9.0's hold there)"
+    assert prediction["warning"].startswith("libvirt 13.2.0 is newer than 12.8.0")
+
+
+def test_live_cpu_refuses_facts_of_a_libvirt_older_than_7_0(facts):
+    entry = dict(facts["virt_types"]["qemu"], libvirt_version="6.10.0")
+    with pytest.raises(AnsibleFilterError, match=r"libvirt 6\.10\.0 is older than 7\.0\.0"):
+        live_cpu({"mode": "host-model"}, entry)
 
 
 def test_live_cpu_prediction_returns_the_refusal_and_its_fix(facts):
