@@ -45,7 +45,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     mode_supported,
     usable_models,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version, rules_for
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
 CPU_MAP_DIR = "/usr/share/libvirt/cpu_map"
@@ -144,6 +144,10 @@ def check_definition(cpu: CPUDict) -> List[str]:
 
 def check_mode(normalized: CPUDict, virt_type: str, entry: Dict[str, Any]) -> List[str]:
     mode = normalized["mode"]
+    rules = rules_for(entry.get("libvirt_version"))
+    if mode not in rules.modes:
+        return ["libvirt %s does not know CPU mode '%s' (it refuses the definition: Invalid mode attribute); use one of "
+                "its modes: %s" % (entry.get("libvirt_version"), mode, ", ".join(rules.modes))]
     if not mode_supported(entry, mode):
         supported = [name for name, value in entry["modes"].items() if value.get("supported")]
         return ["CPU mode '%s' is not supported for %s; use one of the supported modes: %s"
@@ -249,8 +253,9 @@ def validate_for_host(cpu: CPUDict, virt_type: str, entry: Optional[Dict[str, An
 
 def host_problems(cpu: CPUDict, virt_type: str, entry: Dict[str, Any], partial: bool = False) -> List[str]:
     """The errors of ``validate_for_host`` for *cpu* on the host of one facts entry (``virt_types.<virt type>``):
-    libvirt's grammar, a mode the virt type does not support, a model QEMU does not know. Feature
-    names need libvirt's CPU map on the host, so the module checks them.
+    libvirt's grammar, a mode the host's libvirt or virt type does not support, a model QEMU does not
+    know, and feature names the host's CPU map does not know (when the facts carry that map, i.e.
+    expansion data; the module checks them on the host in any case).
 
     *partial*: *cpu* is a change that domain_cpu merges into a domain's CPU, so only the mode and
     the model it names are checked (the merged CPU is validated by domain_cpu itself).
@@ -259,14 +264,24 @@ def host_problems(cpu: CPUDict, virt_type: str, entry: Dict[str, Any], partial: 
         return []
     version = parse_version(entry.get("libvirt_version"))
     if not partial:
-        return validate_for_host(cpu, virt_type, entry, None, version).errors
+        return validate_for_host(cpu, virt_type, entry, facts_features(entry), version).errors
     errors = check_definition({"mode": cpu["mode"]}) if cpu.get("mode") else []
     if cpu.get("mode") and not errors:
         errors += check_mode(normalize_cpu({"mode": cpu["mode"]}, virt_type, version), virt_type, entry)
     name = (cpu.get("model") or {}).get("name")
     if name and not errors:
         errors += check_model(normalize_cpu({"mode": "custom", "model": {"name": name}}, virt_type, version), virt_type, entry).errors
-    return errors
+    return errors + check_feature_names(cpu, facts_features(entry), entry)
+
+
+def facts_features(entry: Dict[str, Any]) -> Optional[KnownFeatures]:
+    """The feature names of the host's own CPU map, as its facts carry them (expansion data), or None."""
+    expansion = entry.get("expansion")
+    names = expansion.get("features") if isinstance(expansion, dict) else None
+    if not isinstance(names, list):
+        return None
+    return KnownFeatures(frozenset(name for name in names if isinstance(name, str)), {},
+                         "the CPU map of libvirt %s on that host" % entry.get("libvirt_version"))
 
 
 def raise_for(findings_by_domain: Dict[str, Findings]) -> None:

@@ -23,6 +23,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import 
     read_cpu_map_files,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import parse_domain_capabilities
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import host_problems
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import (
     NEWEST_KNOWN,
     RULES,
@@ -190,3 +191,24 @@ def test_a_usable_model_with_only_disabled_features_is_not_compared_on_11():
     ctx = context_for(entry)
     compare_with_host(ctx, guest_cpu({"mode": "custom", "check": "partial", "model": {"name": usable},
                                       "features": [{"name": "vmx", "policy": "disable"}]}, ctx))
+
+
+# ---------------------------------------------------------------------------------------------
+# validation before any write (cpu_problems, domain_cpu) by each host's version and map
+
+
+def test_maximum_is_refused_for_libvirt_7_0_naming_its_modes():
+    problems = host_problems({"mode": "maximum"}, "kvm", _entry("7.0.0", "kvm"))
+    assert problems == ["libvirt 7.0.0 does not know CPU mode 'maximum' (it refuses the definition: Invalid mode "
+                        "attribute); use one of its modes: custom, host-model, host-passthrough"]
+    assert host_problems({"mode": "maximum"}, "kvm", _entry("9.0.0", "kvm")) == []
+
+
+def test_a_feature_only_a_newer_map_knows_is_refused_on_the_older_host_with_its_names():
+    newer_only = sorted(set(_cpu_map("12.8.0")["features"]) - set(_cpu_map("9.0.0")["features"]))
+    cpu = {"mode": "host-model", "features": [{"name": newer_only[0], "policy": "disable"}]}
+    assert host_problems(cpu, "kvm", _entry("12.8.0", "kvm")) == []
+    problems = host_problems(cpu, "kvm", _entry("9.0.0", "kvm"))
+    assert len(problems) == 1
+    assert problems[0].startswith("unknown CPU feature '%s' (not in the CPU map of libvirt 9.0.0 on that host)" % newer_only[0])
+    assert host_problems(cpu, "kvm", _entry("9.0.0", "kvm"), partial=True) == problems, "a merged change too"
