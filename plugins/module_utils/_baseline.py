@@ -36,11 +36,16 @@ How the baseline is made (and why):
    the vendor when every host has the same one (TCG hosts emulate any vendor: only hosts of
    other virt types, i.e. hardware, can have conflicting vendors), ``require`` for the common features the model
    lacks, ``disable`` for the model's features some host lacks.
-5. Proof by prediction: the CPU is predicted on every distinct host; features a host's hypervisor
-   would add are disabled, features a host cannot give (or that its refusal names) are dropped
-   and disabled, until every host starts it with the same live CPU. When some host's facts carry
-   no expansion data, the prediction cannot run; then every feature some host gives beyond the
-   common set is disabled, which leaves QEMU nothing to add.
+5. Proof by prediction: the CPU is predicted on every distinct host, each with its own libvirt's
+   CPU map and version rules; features a host's hypervisor would add are disabled, features a host
+   cannot give (or that its refusal names) are dropped and disabled, until every host starts it
+   with the same live CPU. Facts without expansion data cannot be proved on and are refused, with
+   the host named.
+
+Mixed libvirt versions: the CPU names only features every host's libvirt knows, in the order of
+the oldest libvirt's map; a model must be in every host's map, and the features it has on some
+hosts but not on others are listed explicitly. Hosts are taken in the order of their keys, so
+the CPU does not depend on the order the hosts are given in.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     validate_cpu,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
     DISABLING,
     ENABLING,
@@ -403,9 +409,48 @@ def _fleet_vendor(hosts: Sequence[DistinctHost]) -> FleetVendor:
     return FleetVendor(known[0] if known else None, everyone[0] if len(everyone) == 1 else None)
 
 
-def _model_candidates(hosts: Sequence[DistinctHost], vendor: Optional[str], cpu_map: CPUMap,
+class FleetMaps(NamedTuple):
+    """The CPU maps of a fleet's libvirt versions: each host is predicted with its own map; the fleet
+    CPU speaks the vocabulary they share, in the order of the oldest libvirt's map."""
+
+    order: CPUMap
+    maps: Tuple[CPUMap, ...]
+    known: FrozenSet[str]
+
+    def has_model(self, name: str) -> bool:
+        return all(name in cpu_map.models for cpu_map in self.maps)
+
+    def model_features(self, name: str) -> Tuple[FrozenSet[str], FrozenSet[str]]:
+        """The model's features in every host's map, and in some host's map."""
+        per_map = [frozenset(cpu_map.names_of(cpu_map.models[name].mask)) for cpu_map in self.maps]
+        return frozenset.intersection(*per_map), frozenset.union(*per_map)
+
+
+def _host_map(host: DistinctHost, default: Optional[CPUMap] = None) -> CPUMap:
+    """The CPU map of the host's own libvirt (its facts'), else *default*, else this machine's."""
+    return _facts_map(host.entry) or default or cpu_map_for([])
+
+
+def fleet_maps(hosts: Sequence[DistinctHost], order: Optional[CPUMap] = None) -> FleetMaps:
+    """Each distinct CPU map once; *order* (default: the map of the oldest libvirt) orders the CPU's features."""
+    by_key: "OrderedDict[Tuple[Any, ...], CPUMap]" = OrderedDict()
+    for host in sorted(hosts, key=_age):
+        cpu_map = _host_map(host, order)
+        by_key.setdefault((tuple(cpu_map.names), tuple(cpu_map.model_order)), cpu_map)
+    maps = tuple(by_key.values())
+    known = frozenset.intersection(*(frozenset(cpu_map.names) for cpu_map in maps))
+    return FleetMaps(order or maps[0], maps, known)
+
+
+def _age(host: DistinctHost) -> Tuple[Any, ...]:
+    """Oldest libvirt first; hosts of one version in the order of their keys."""
+    return (parse_version(host.entry.get("libvirt_version")) or (0, 0, 0), host.view.key)
+
+
+def _model_candidates(hosts: Sequence[DistinctHost], vendor: Optional[str], maps: FleetMaps,
                       common: FrozenSet[str]) -> List[str]:
     """Models usable on every host whose vendor fits, best first (see the module docstring)."""
+    cpu_map = maps.order
     usable = frozenset.intersection(*(host.view.usable for host in hosts))
     vendors = {}
     for host in hosts:
@@ -413,7 +458,7 @@ def _model_candidates(hosts: Sequence[DistinctHost], vendor: Optional[str], cpu_
     position = {name: index for index, name in enumerate(cpu_map.model_order)}
     candidates = []
     for name in usable:
-        if name not in cpu_map.models:
+        if not maps.has_model(name):
             continue
         model_vendor = vendors.get(name) or cpu_map.models[name].vendor
         if vendor and model_vendor and model_vendor != vendor:
@@ -426,13 +471,19 @@ def _model_candidates(hosts: Sequence[DistinctHost], vendor: Optional[str], cpu_
 class _Draft:
     """The CPU while it is refined: model, the features the guest must see, the ones to disable."""
 
-    def __init__(self, model: str, vendor: Optional[str], check: str, common: FrozenSet[str], cpu_map: CPUMap):
+    def __init__(self, model: str, vendor: Optional[str], check: str, common: FrozenSet[str], maps: FleetMaps):
         self.model = model
         self.vendor = vendor
         self.check = check
-        self.map = cpu_map
-        self.model_features = frozenset(cpu_map.names_of(cpu_map.models[model].mask))
-        self.common: Set[str] = {name for name in common if name in cpu_map.index}
+        self.map = maps.order
+        self.known = maps.known
+        # required: what the model lacks on some host; disabled: what it has on some host
+        self.model_features, self.model_features_anywhere = maps.model_features(model)
+        unknown = sorted(self.model_features_anywhere - self.known)
+        if unknown:
+            raise FleetError("model %s has features some hosts' libvirt does not know (%s), so it cannot be "
+                             "disabled on every host" % (model, ", ".join(unknown)))
+        self.common: Set[str] = {name for name in common if name in self.known}
         self.disabled: Set[str] = set()
         self.dropped: Dict[str, str] = {}
 
@@ -444,7 +495,7 @@ class _Draft:
         """Take *names* out of the common features and disable them; True when anything changed."""
         changed = False
         for name in names:
-            if name not in self.map.index:
+            if name not in self.known:
                 continue
             if name in self.common:
                 self.common.discard(name)
@@ -459,7 +510,7 @@ class _Draft:
         """Disable *names* that are not common features; True when anything changed."""
         changed = False
         for name in names:
-            if name in self.map.index and name not in self.disabled and name not in self.common:
+            if name in self.known and name not in self.disabled and name not in self.common:
                 self.disabled.add(name)
                 self.dropped.setdefault(name, reason)
                 changed = True
@@ -468,7 +519,7 @@ class _Draft:
     def cpu(self) -> CPUDict:
         order = self.map.index
         required = sorted(self.common - self.model_features, key=order.__getitem__)
-        disabled = sorted((self.model_features | self.disabled) - self.common, key=order.__getitem__)
+        disabled = sorted((self.model_features_anywhere | self.disabled) - self.common, key=order.__getitem__)
         cpu: CPUDict = {"mode": "custom", "match": "exact", "check": self.check,
                         "model": {"name": self.model, "fallback": "forbid"}}
         if self.vendor:
@@ -500,7 +551,7 @@ def _refine_on(host: DistinctHost, draft: _Draft) -> bool:
         return True
     except ExpansionDataError as exc:
         raise FleetError("%s: %s" % (_names([host]), exc)) from None
-    live_features = enabled_features(live, draft.map)
+    live_features = enabled_features(live, _host_map(host))
     target = draft.target()
     if live_features == target:
         return False
@@ -541,6 +592,15 @@ def _disable_everything_else(hosts: Sequence[DistinctHost], draft: _Draft) -> No
         draft.disable(extra, "not every host gives it (%s does)" % _names([host]))
 
 
+def _check_provable(hosts: Sequence[DistinctHost]) -> None:
+    """The fleet CPU is proved by predicting it on every host: facts without expansion data are refused."""
+    unprovable = [host for host in hosts if not host.view.predictable]
+    if unprovable:
+        raise FleetError("%s: the facts carry no expansion data, so whether the fleet CPU starts there cannot be "
+                         "proved; gather them with hostcpu.libvirt.cpu_facts through libvirt (expansion: true, the "
+                         "default) and see its warnings for why the data is missing" % _names(unprovable))
+
+
 def _missing_reasons(hosts: Sequence[DistinctHost], common: FrozenSet[str]) -> Dict[str, str]:
     """For each feature some host gives but not all: the hosts without it."""
     offered: Set[str] = set()
@@ -564,31 +624,40 @@ def _validated_check(check: str) -> str:
 
 
 def fleet_baseline(records: Sequence[HostRecord], check: str = "full", model: Optional[str] = None,
-                   cpu_map: Optional[CPUMap] = None) -> Baseline:
-    """A custom CPU every host of *records* starts, with the same live CPU on each of them."""
+                   cpu_map: Optional[CPUMap] = None, unproved: bool = False) -> Baseline:
+    """A custom CPU every host of *records* starts, with the same live CPU on each of them.
+
+    *unproved*: accept facts without expansion data and, when any host has none, only disable every
+    feature some host gives beyond the common ones (no prediction; the arithmetic compared with
+    libvirt's own baseline test data). The filters never ask for it.
+    """
     check = _validated_check(check)
     if not records:
         raise FleetError("the list of hosts is empty: pass the hostcpu facts of at least one host")
-    hosts = distinct_hosts(records)
-    _check_arch(hosts)
-    vendor = _fleet_vendor(hosts)
-    cpu_map = cpu_map or cpu_map_for(records)
+    given = distinct_hosts(records)
+    _check_arch(given)
+    if not unproved:
+        _check_provable(given)
+    vendor = _fleet_vendor(given)
+    hosts = sorted(given, key=lambda host: host.view.key)
+    maps = fleet_maps(hosts, cpu_map)
+    cpu_map = maps.order
     common = frozenset.intersection(*(host.view.features for host in hosts))
     if model is not None:
-        if not isinstance(model, str) or model not in cpu_map.models:
-            raise FleetError("model '%s' is not in libvirt's CPU map; use one of: %s"
-                             % (model, ", ".join(cpu_map.model_order)))
+        if not isinstance(model, str) or not maps.has_model(model):
+            raise FleetError("model '%s' is not in the CPU map of every host's libvirt; use one of: %s"
+                             % (model, ", ".join(name for name in cpu_map.model_order if maps.has_model(name))))
         candidates = [model]
     else:
-        candidates = _model_candidates(hosts, vendor.models, cpu_map, common)
+        candidates = _model_candidates(hosts, vendor.models, maps, common)
     if not candidates:
         raise FleetError("no CPU model is usable (libvirt's usable='yes') on every host%s; pass model= to choose one "
                          "whose missing features are disabled" % (" of vendor %s" % vendor.models if vendor.models else ""))
     proved = all(host.view.predictable for host in hosts)
     errors = []
     for name in candidates[:MAX_MODEL_TRIES]:
-        draft = _Draft(name, vendor.cpu, check, common, cpu_map)
         try:
+            draft = _Draft(name, vendor.cpu, check, common, maps)
             if proved:
                 _prove(hosts, draft)
             else:
@@ -601,7 +670,7 @@ def fleet_baseline(records: Sequence[HostRecord], check: str = "full", model: Op
         order = {name: position for position, name in enumerate(cpu_map.names)}
         dropped = {name: reasons[name] for name in sorted(reasons, key=lambda name: (order.get(name, len(order)), name))}
         return Baseline(draft.cpu(), candidates, sorted(draft.target(), key=order.__getitem__), dropped, proved,
-                        [name for host in hosts for name in host.names])
+                        [record.name for record in records])
     raise FleetError("no baseline CPU starts on every host: %s" % "; ".join(errors))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._baseline import FleetError, fleet_baseline, host_records
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
     GuestWouldNotStart,
     compare_with_host,
@@ -20,6 +21,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import 
     cpu_map_from_xml,
     expansion_data_from_xml,
     guest_cpu,
+    predict_live_cpu,
     read_cpu_map_files,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import parse_domain_capabilities
@@ -212,3 +214,34 @@ def test_a_feature_only_a_newer_map_knows_is_refused_on_the_older_host_with_its_
     assert len(problems) == 1
     assert problems[0].startswith("unknown CPU feature '%s' (not in the CPU map of libvirt 9.0.0 on that host)" % newer_only[0])
     assert host_problems(cpu, "kvm", _entry("9.0.0", "kvm"), partial=True) == problems, "a merged change too"
+
+
+# ---------------------------------------------------------------------------------------------
+# the fleet CPU over hosts of every version (their cpu_facts as recorded on the testbed)
+
+
+def _facts(version: str):
+    return json.loads(_text(version, "cpu_facts.json"))
+
+
+@pytest.mark.parametrize("virt_types", [("kvm",), ("qemu",), ("kvm", "qemu")], ids=["kvm", "qemu", "mixed"])
+def test_the_fleet_cpu_of_every_version_is_one_live_cpu_everywhere_whatever_the_order(virt_types):
+    hosts = [{"name": "%s-%s" % (version, virt_type), "facts": _facts(version), "virt_type": virt_type}
+             for version in TESTBED_VERSIONS for virt_type in virt_types]
+    baseline = fleet_baseline(host_records(hosts))
+    assert baseline.proved
+    live = {json.dumps(predict_live_cpu(baseline.cpu, host["facts"]["virt_types"][host["virt_type"]]),
+                       sort_keys=True) for host in hosts}
+    assert len(live) == 1, "every host predicts the same live CPU"
+    for shuffled in (list(reversed(hosts)), hosts[1:] + hosts[:1]):
+        assert fleet_baseline(host_records(shuffled)).cpu == baseline.cpu
+    oldest = set(_cpu_map("7.0.0")["features"])
+    assert {feature["name"] for feature in baseline.cpu.get("features") or ()} <= oldest, "only names every libvirt knows"
+
+
+def test_a_model_only_newer_maps_have_is_refused_for_a_mixed_fleet_naming_the_models_to_use():
+    newer_only = sorted(set(_cpu_map("12.8.0")["models"]) - set(_cpu_map("7.0.0")["models"]))
+    hosts = [{"name": version, "facts": _facts(version), "virt_type": "qemu"} for version in ("7.0.0", "12.8.0")]
+    with pytest.raises(FleetError, match="model '%s' is not in the CPU map of every host's libvirt; use one of: 486, "
+                       % newer_only[0]):
+        fleet_baseline(host_records(hosts), model=newer_only[0])
