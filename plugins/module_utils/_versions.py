@@ -77,7 +77,12 @@ _LIBVIRT_11_0 = _changed(
     partial_check="blockers",
 )
 
-RULES: Tuple[LibvirtRules, ...] = (_LIBVIRT_7_0, _LIBVIRT_7_1, _LIBVIRT_10_1, _LIBVIRT_11_0)
+# Measured on libvirt 12.8 + QEMU 11.1 (no 12.x source could be had): cmp_legacy, whatever its policy,
+# is no longer passed to QEMU and is gone from the live CPU (11.3 + QEMU 10.0 passes it), like the
+# features of virQEMUCapsCPUFilterFeatures; versions 12.0-12.7 were not measured.
+_LIBVIRT_12_8 = _changed(_LIBVIRT_11_0, (12, 8, 0), ignored_features=_LIBVIRT_11_0.ignored_features | {"cmp_legacy"})
+
+RULES: Tuple[LibvirtRules, ...] = (_LIBVIRT_7_0, _LIBVIRT_7_1, _LIBVIRT_10_1, _LIBVIRT_11_0, _LIBVIRT_12_8)
 OLDEST_SUPPORTED: Version = RULES[0].since
 # The newest libvirt whose rules were measured; newer ones get these rules and a warning.
 NEWEST_KNOWN: Version = (12, 8, 0)

@@ -98,6 +98,8 @@ def test_newer_than_the_newest_known_gets_the_newest_rules_and_a_warning_naming_
 def test_ignored_features_grew_in_11():
     assert "vmx-ept-uc" not in rules_for("9.0.0").ignored_features
     assert {"cmt", "osxsave", "vmx-ept-uc", "vmx-invvpid-single-context"} <= rules_for("11.3.0").ignored_features
+    assert "cmp_legacy" not in rules_for("11.3.0").ignored_features
+    assert "cmp_legacy" in rules_for("12.8.0").ignored_features, "measured: 12.8 drops it from the CPU"
 
 
 # ---------------------------------------------------------------------------------------------
