@@ -19,6 +19,14 @@ description:
     as the collection's CPU dict, or as a host's P(hostcpu.libvirt.cpu_facts#module) facts, which
     stand for that host's host-model CPU (what the host gives a host-model guest).
   - Only reads from libvirt.
+  - "Across libvirt versions, measured on the testbed (libvirt 7.0, 9.0, 11.3 and 12.8 side by side):
+    libvirt's own baseline of the four hosts' CPUs worked only on the newest libvirt; the older ones
+    failed on models and features they do not know (for example C(EPYC-Genoa), C(tsa-l1-no),
+    C(cmpccxadd), C(pks)). Ask the newest libvirt of a mixed fleet, or use
+    P(hostcpu.libvirt.fleet_baseline#filter), which reads each host's own CPU map and rules."
+  - "libvirt's compare is no proof that a guest starts: it said C(identical)/C(superset) on every
+    one of those hosts for a CPU that then started on none of them. Start a guest (paused is enough),
+    or use P(hostcpu.libvirt.live_cpu_prediction#filter), which predicts the start itself."
 author:
   - hostcpu.libvirt maintainers (@hostcpu)
 extends_documentation_fragment:
