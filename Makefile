@@ -118,6 +118,8 @@ lint: venv
 matrix: system daemons link testdata
 	bash scripts/matrix.sh $(MATRIX_CELLS)
 
+# libvirt's own test data for tests/conformance: Debian's libvirt source packages of bookworm (9.0)
+# and trixie (11.3), trimmed, in .cache/libvirt-src (TESTDATA_SUITES="bookworm" narrows; a no-op when there).
 testdata: system
 	bash scripts/fetch-testdata.sh
 
