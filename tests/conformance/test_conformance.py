@@ -1,42 +1,82 @@
 # Copyright: hostcpu.libvirt contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""_expansion replays libvirt 9.0's own CPU tests: qemuxml2argv host-model, cputest update,
-guest CPU and update-live cases. Fails (never skips) without the test data: run `make testdata`."""
+"""_expansion replays libvirt's own CPU tests, per libvirt source tree: qemuxml2argv / qemuxmlconf
+host-model, cputest update, guest CPU and update-live cases. Fails (never skips) without the
+test data: run `make testdata`.
+
+Trees: the `current` one (this machine's libvirt, 9.0) by default; HOSTCPU_CONFORMANCE_TREES=all
+(or =11.3, =trixie, =9.0,11.3) for the trees scripts/fetch-testdata.sh unpacked;
+HOSTCPU_LIBVIRT_SRC=/path[:/path...] for any libvirt tree (7.0 to 12.x). Case ids are
+`<libvirt version>/<family>/<name>`.
+"""
 
 from __future__ import annotations
+
+from typing import Dict, List
 
 import pytest
 
 from . import conftest, testdata
 
-MISSING = testdata.missing_reason()
-CASES = [] if MISSING else testdata.all_cases()
-# Every case that differs from libvirt, with the reason; a listed case that starts to match fails too.
-KNOWN_MISSES = {}
+TREES = testdata.selected_trees()
+# tree label -> why its cases cannot be built (data missing, or a test program the harness cannot read)
+MISSING: Dict[str, str] = {tree.label: reason for tree in TREES for reason in [tree.missing_reason()] if reason}
 
 
-def test_libvirt_testdata_is_there():
-    assert MISSING is None, MISSING
+def _cases_of(tree: testdata.Tree) -> List[testdata.Case]:
+    try:
+        return tree.cases()
+    except (OSError, LookupError, ValueError, AttributeError) as exc:
+        MISSING[tree.label] = "cannot build the cases of %r: %s: %s" % (tree, type(exc).__name__, exc)
+        return []
 
 
-def test_every_family_has_cases():
-    if MISSING:
-        pytest.fail(MISSING, pytrace=False)
-    families = {case.family for case in CASES}
-    assert families == {"xml2argv", "update", "guest", "updatelive"}
-    assert len(CASES) >= 60
+CASES: List[testdata.Case] = [case for tree in TREES if tree.label not in MISSING for case in _cases_of(tree)]
+conftest.TREES.update((tree.label, str(tree.path)) for tree in TREES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.family + ":" + case.name for case in CASES])
+def _tree_ids(trees: List[testdata.Tree]) -> List[str]:
+    return [tree.label for tree in trees]
+
+
+@pytest.mark.parametrize("tree", TREES, ids=_tree_ids(TREES))
+def test_libvirt_testdata_is_there(tree):
+    assert tree.label not in MISSING, MISSING.get(tree.label)
+
+
+@pytest.mark.parametrize("tree", TREES, ids=_tree_ids(TREES))
+def test_every_family_has_cases(tree):
+    if tree.label in MISSING:
+        pytest.fail(MISSING[tree.label], pytrace=False)
+    families = {case.family for case in CASES if case.tree == tree.label}
+    assert families == set(testdata.FAMILIES)
+    assert len([case for case in CASES if case.tree == tree.label]) >= 60
+
+
+@pytest.mark.parametrize("tree", TREES, ids=_tree_ids(TREES))
+def test_cpu_map_is_read(tree):
+    """The collection's cpu_map_from_xml finds the tree's models (libvirt 11.x puts index.xml's
+    includes inside <group> elements)."""
+    if tree.label in MISSING:
+        pytest.fail(MISSING[tree.label], pytrace=False)
+    cpu_map = tree.cpu_map
+    assert cpu_map["models"] and cpu_map["features"], (
+        "cpu_map_from_xml read %d models and %d features from %s/src/cpu_map"
+        % (len(cpu_map["models"]), len(cpu_map["features"]), tree.path))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_libvirt_case(case):
-    got = case.run()
-    matched = got == case.expected
-    conftest.RESULTS.setdefault(case.family, []).append(matched)
-    key = "%s:%s" % (case.family, case.name)
-    if not matched:
-        conftest.MISSES.append("%s: expected %r, got %r%s" % (key, case.expected, got,
-                                                              " (known: %s)" % KNOWN_MISSES[key] if key in KNOWN_MISSES else ""))
-    if key in KNOWN_MISSES:
-        assert not matched, "%s matches libvirt now: drop it from KNOWN_MISSES" % key
-    else:
-        assert matched, "expected %r, got %r" % (case.expected, got)
+    agreed = False
+    try:
+        got = case.run()
+        agreed = got == case.expected
+        if not agreed:
+            conftest.MISSES.append("%s: expected %r, got %r" % (case.id, case.expected, got))
+        assert agreed, "expected %r, got %r" % (case.expected, got)
+    except Exception as exc:  # pylint: disable=broad-except
+        if not isinstance(exc, AssertionError):
+            conftest.MISSES.append("%s: %s: %s" % (case.id, type(exc).__name__, exc))
+        raise
+    finally:
+        conftest.record(case.tree, case.family, agreed)
