@@ -24,7 +24,7 @@
 #   "3.0 (quilt)").
 # - Keeps only what the tests and the conformance harness read (KEEP below: the test data, the
 #   test programs whose case lists the harness parses, src/cpu_map and the few src/ files the
-#   harness parses or its diagnoses cite): about 30 MB per tree instead of 160-200 MB.
+#   harness parses or its diagnoses cite): 8-13 MB per tree instead of 160-200 MB (tarballs: ~10 MB each in dl/).
 # - Each tree is .cache/libvirt-src/libvirt-<debian version>; .cache/libvirt-src/<suite> points at
 #   it, and .cache/libvirt-src/current at the tree of this machine's suite (what the unit tests read).
 # - Idempotent: a suite whose tree is there costs no apt call at all.
@@ -42,7 +42,7 @@ DEFAULT_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 KEEP="meson.build debian/changelog debian/source/format
 src/cpu_map src/cpu src/conf/cpu_conf.c
 src/qemu/qemu_capabilities.c src/qemu/qemu_process.c src/qemu/qemu_domain.c src/qemu/qemu_command.c
-src/qemu/qemu_validate.c
+src/qemu/qemu_validate.c src/qemu/qemu_postparse.c
 tests/cputest.c tests/cputestdata tests/domaincapsdata tests/qemucapabilitiesdata/caps_*x86_64*.xml
 tests/qemuxml2argvtest.c tests/qemuxml2argvdata/cpu-*
 tests/qemuxmlconftest.c tests/qemuxmlconfdata/cpu-*
@@ -134,9 +134,10 @@ apt_update() {
     $SUDO apt-get update -qq >&2
 }
 
-# `apt-get source --print-uris` lines of package spec $1 ('URL' file size SHA256:hash).
+# `apt-get source --print-uris` lines of package spec $1 ('URL' file size SHA256:hash), every file
+# (run in / : apt leaves out the files the current directory already has).
 source_uris() {
-    apt-get source -qq --print-uris "$1" 2>/dev/null | grep "^'" || true
+    (cd / && apt-get source -qq --print-uris "$1" 2>/dev/null) | grep "^'" || true
 }
 
 # The package spec to download for suite $1: libvirt=<version>.
