@@ -6,7 +6,7 @@
 #   scripts/fetch-testdata.sh                          (make testdata)
 #   TESTDATA_SUITES=trixie scripts/fetch-testdata.sh   (only some suites)
 #
-# - Suites: TESTDATA_SUITES, default "bookworm trixie" (libvirt 9.0 and 11.3). For each, the
+# - Suites: TESTDATA_SUITES, default "bullseye bookworm trixie" (libvirt 7.0, 9.0 and 11.3). For each, the
 #   libvirt source version apt knows for `libvirt/<suite>`; for the suite this machine runs, the
 #   source version of the installed libvirt0 (so the data matches the daemon; LIBVIRT_SRC_VERSION
 #   overrides it), or the suite's when libvirt is not installed.
@@ -33,7 +33,7 @@ set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEST="$ROOT/.cache/libvirt-src"
-SUITES=${TESTDATA_SUITES:-bookworm trixie}
+SUITES=${TESTDATA_SUITES:-bullseye bookworm trixie}
 APT_LISTS=/etc/apt/sources.list.d
 DEBIAN_SOURCES="$APT_LISTS/debian.sources"
 DEFAULT_ARCHIVE=http://deb.debian.org/debian

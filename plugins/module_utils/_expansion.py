@@ -66,7 +66,7 @@ QEMU_FEATURE_NAMES = {
     "cmp_legacy": "cmp-legacy", "ds_cpl": "ds-cpl", "fxsr_opt": "fxsr-opt", "kvm_pv_eoi": "kvm-pv-eoi",
     "kvm_pv_unhalt": "kvm-pv-unhalt", "lahf_lm": "lahf-lm", "nodeid_msr": "nodeid-msr",
     "pclmuldq": "pclmulqdq", "perfctr_core": "perfctr-core", "perfctr_nb": "perfctr-nb",
-    "tsc_adjust": "tsc-adjust",
+    "tsc_adjust": "tsc-adjust", "vmx-invvpid-single-context-noglobals": "vmx-invept-single-context-noglobals",
 }
 LIBVIRT_FEATURE_NAMES = {qemu: name for name, qemu in QEMU_FEATURE_NAMES.items()}
 PASSTHROUGH_MODES = ("host-passthrough", "maximum")
@@ -238,7 +238,7 @@ def _include_names(arch_el, rules: LibvirtRules) -> List[str]:
     for child in arch_el:
         if child.tag == "include" and "include" in rules.cpu_map_includes:
             names.append(child.get("filename"))
-        elif child.tag == "group" and "group/include" in rules.cpu_map_includes:
+        elif child.tag == "group" and child.get("name") and "group[@name]/include" in rules.cpu_map_includes:
             names.extend(el.get("filename") for el in child if el.tag == "include")
     return names
 
@@ -317,10 +317,11 @@ def _signature_matches(signatures: Sequence[Sequence[Any]], signature: Optional[
     return any(sig[0] == family and sig[1] == model and (not sig[2] or stepping in sig[2]) for sig in signatures)
 
 
-def _candidate_score(features: Sequence[Tuple[str, str]], guest: bool) -> Tuple[int, int]:
-    """virCPUx86CompareCandidateFeatureList's (count, disabled) including its shrinking loop bound."""
+def _candidate_score(features: Sequence[Tuple[str, str]], guest: bool, penalize_disabled: bool = True) -> Tuple[int, int]:
+    """virCPUx86CompareCandidateFeatureList's (count, disabled) including its shrinking loop bound;
+    without *penalize_disabled* (libvirt before 8.3) the plain length of the list."""
     total = len(features)
-    if not guest:
+    if not guest or not penalize_disabled:
         return total, 0
     enabled = total
     disabled = 0
@@ -359,11 +360,14 @@ def _tsx_filtered(cpu_map: "CPUMap", data: Mask, vendor: Optional[str], signatur
 
 
 def decode(cpu_map: "CPUMap", data: Mask, vendor: Optional[str], signature: Optional[Tuple[int, int, int]],
-           guest: bool = True, allowed: Optional[Mapping[str, Mask]] = None) -> Decoded:
+           guest: bool = True, allowed: Optional[Mapping[str, Mask]] = None,
+           rules: Optional[LibvirtRules] = None) -> Decoded:
     """libvirt's x86Decode: the model (newest first) that describes *data* with the fewest changes.
 
-    *allowed* maps the model names the hypervisor accepts to their blocker masks (None: all).
+    *allowed* maps the model names the hypervisor accepts to their blocker masks (None: all);
+    *rules*: those of the libvirt that decodes (default: the newest).
     """
+    penalize = (rules or rules_for(None)).decode_penalizes_disabled
     data = _tsx_filtered(cpu_map, data, vendor, signature)
     best: Optional[Tuple[str, List[Tuple[str, str]]]] = None
     for name in reversed(cpu_map.model_order):
@@ -377,7 +381,7 @@ def decode(cpu_map: "CPUMap", data: Mask, vendor: Optional[str], signature: Opti
         features = _data_to_cpu(cpu_map, data, name, (allowed or {}).get(name, 0), guest)
         if not guest and any(policy == "disable" for _name, policy in features):
             continue
-        if best is None or _better_candidate(cpu_map, best, (name, features), signature, guest):
+        if best is None or _better_candidate(cpu_map, best, (name, features), signature, guest, penalize):
             best = (name, features)
     if best is None:
         raise GuestWouldNotStart("internal error: Cannot find suitable CPU model for given data")
@@ -386,7 +390,7 @@ def decode(cpu_map: "CPUMap", data: Mask, vendor: Optional[str], signature: Opti
 
 def _better_candidate(cpu_map: "CPUMap", current: Tuple[str, List[Tuple[str, str]]],
                       candidate: Tuple[str, List[Tuple[str, str]]], signature: Optional[Tuple[int, int, int]],
-                      guest: bool) -> bool:
+                      guest: bool, penalize_disabled: bool = True) -> bool:
     if signature:
         current_matches = _signature_matches(cpu_map.models[current[0]].signatures, signature)
         candidate_matches = _signature_matches(cpu_map.models[candidate[0]].signatures, signature)
@@ -394,8 +398,8 @@ def _better_candidate(cpu_map: "CPUMap", current: Tuple[str, List[Tuple[str, str
             return False
         if candidate_matches and not current_matches:
             return True
-    current_count, current_disabled = _candidate_score(current[1], guest)
-    count, disabled = _candidate_score(candidate[1], guest)
+    current_count, current_disabled = _candidate_score(current[1], guest, penalize_disabled)
+    count, disabled = _candidate_score(candidate[1], guest, penalize_disabled)
     return count < current_count or (count == current_count and disabled < current_disabled)
 
 
@@ -481,7 +485,7 @@ def _cpu_data(model: str, features: Iterable[Sequence[str]], cpu_map: Dict[str, 
 
 
 def _full_host(virt_type: str, host_model: Dict[str, Any], caps_root, cpu_map: Dict[str, Any],
-               index: Mapping[str, int], accelerated: bool) -> Dict[str, Any]:
+               index: Mapping[str, int], accelerated: bool, rules: Optional[LibvirtRules] = None) -> Dict[str, Any]:
     """libvirt's "full" host CPU of *virt_type* (virQEMUCapsInitHostCPUModel), used by check='partial'.
 
     With an accelerator (kvm) it is the host CPU decoded from CPUID (as a guest CPU, any model)
@@ -494,7 +498,7 @@ def _full_host(virt_type: str, host_model: Dict[str, Any], caps_root, cpu_map: D
     if not accelerated or not caps_mask:
         listed = [name for name, policy in host_model["features"] if policy not in DISABLING]
         return {"vendor": host_model["vendor"], "features": to_hex(reported), "listed": to_hex(_mask_of(listed, index))}
-    decoded = decode(CPUMap.from_map(cpu_map), caps_mask, caps_vendor, signature, guest=True)
+    decoded = decode(CPUMap.from_map(cpu_map), caps_mask, caps_vendor, signature, guest=True, rules=rules)
     policies = OrderedDict(decoded.features)
     for name in names_of(reported, cpu_map["features"]):
         policies[name] = "require"
@@ -598,7 +602,7 @@ def expansion_data_from_xml(cpu_map_files: Mapping[str, Union[str, bytes]], capa
         non_migratable = set(qemu["non_migratable"])
         migratable_host_model = {"model": host_model["model"], "vendor": host_model["vendor"],
                                  "features": [f for f in host_model["features"] if f[0] not in non_migratable]}
-        host = _full_host(virt_type, host_model, caps_root, cpu_map, index, accelerated=virt_type != "qemu")
+        host = _full_host(virt_type, host_model, caps_root, cpu_map, index, accelerated=virt_type != "qemu", rules=rules)
     return expansion_data_from_parts(cpu_map, virt_type, migratable_host_model, host, _qemu_for_facts(qemu, index, cpu_map),
                                      (domcaps_root.findtext("machine") or "").strip() or None)
 
@@ -1449,7 +1453,7 @@ def translate_model(ctx: Context, cpu: GuestCPU) -> None:
     if info.signatures:
         family, model, steppings = info.signatures[0]
         signature = (family, model, steppings[0] if steppings else 0)
-    translated = decode(ctx.map, data, info.vendor, signature, guest=True, allowed=ctx.allowed)
+    translated = decode(ctx.map, data, info.vendor, signature, guest=True, allowed=ctx.allowed, rules=ctx.rules)
     features: "OrderedDict[str, str]" = OrderedDict(translated.features)
     for name, policy in cpu.features.items():
         features[name] = policy
@@ -1458,9 +1462,12 @@ def translate_model(ctx: Context, cpu: GuestCPU) -> None:
 
 
 def filter_for_qemu(ctx: Context, cpu: GuestCPU) -> None:
-    """Drop what libvirt never gives QEMU: ignored features, and disabled features QEMU does not know."""
+    """Drop what libvirt never gives QEMU: ignored features, and (before 10.5) disabled features QEMU
+    does not know; later versions keep those in the definition and leave them off QEMU's -cpu."""
+    drop_unknown = not ctx.rules.keeps_unknown_disabled_features
     for name, policy in list(cpu.features.items()):
-        if name in ctx.rules.ignored_features or (policy in DISABLING and ctx.map.bit(name) & ctx.unknown):
+        unknown_disabled = policy in DISABLING and ctx.map.bit(name) & ctx.unknown
+        if name in ctx.rules.ignored_features or (unknown_disabled and drop_unknown):
             del cpu.features[name]
 
 
@@ -1650,9 +1657,11 @@ def prepare_for_qemu(ctx: Context, guest: GuestCPU) -> GuestCPU:
     return guest
 
 
-def qemu_cpu_option(guest: GuestCPU) -> str:
+def qemu_cpu_option(guest: GuestCPU, ctx: Optional[Context] = None) -> str:
     """The value of QEMU's -cpu option for the prepared CPU (qemuBuildCpuModelArgStr + cache and
-    maxphysaddr; a domain's clock timers, Hyper-V and KVM features would sit before the cache ones)."""
+    maxphysaddr; a domain's clock timers, Hyper-V and KVM features would sit before the cache ones).
+    With *ctx*, disabled features its QEMU does not know are left off (they are implicitly off)."""
+    unknown = ctx.unknown if ctx is not None else 0
     head = {"host-passthrough": "host", "maximum": "max"}.get(guest.mode, guest.model or "")
     parts = [head]
     if guest.mode in PASSTHROUGH_MODES and guest.rest.get("migratable") is not None:
@@ -1660,6 +1669,8 @@ def qemu_cpu_option(guest: GuestCPU) -> str:
     if guest.vendor_id:
         parts.append("vendor=%s" % guest.vendor_id)
     for name, policy in guest.features.items():
+        if policy in DISABLING and ctx is not None and ctx.map.bit(name) & unknown:
+            continue
         if policy in ENABLING + DISABLING:
             parts.append("%s=%s" % (QEMU_FEATURE_NAMES.get(name, name), "on" if policy in ENABLING else "off"))
     return ",".join(parts + _cache_and_address_options(guest))
@@ -1679,8 +1690,10 @@ def _cache_and_address_options(guest: GuestCPU) -> List[str]:
     address = guest.rest.get("maxphysaddr") or {}
     if address.get("mode") == "passthrough":
         options.append("host-phys-bits=on")
+        if address.get("limit"):
+            options.append("host-phys-bits-limit=%d" % address["limit"])
     elif address.get("mode") == "emulate":
-        options.append("phys-bits=%d" % address.get("bits", 0))
+        options.append("phys-bits=%d" % address["bits"] if address.get("bits") else "host-phys-bits=off")
     return options
 
 

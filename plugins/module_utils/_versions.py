@@ -47,6 +47,12 @@ class LibvirtRules(NamedTuple):
     partial_check: str
     # <topology clusters=...> exists (src/conf/cpu_conf.c)
     topology_clusters: bool
+    # decoding CPU data into a model prefers fewer disabled features, not only a shorter list
+    # (src/cpu/cpu_x86.c, virCPUx86CompareCandidateFeatureList; 7.0's x86DecodeUseCandidate counts)
+    decode_penalizes_disabled: bool
+    # disabled features QEMU does not know stay in the CPU definition (and the live XML) and are only
+    # left off QEMU's -cpu (qemu_command.c, qemuBuildCpuModelArgStr); before, libvirt dropped them
+    keeps_unknown_disabled_features: bool
 
 
 def _changed(previous: LibvirtRules, since: Version, **changes) -> LibvirtRules:
@@ -61,17 +67,25 @@ _LIBVIRT_7_0 = LibvirtRules(
     added_model_features=False,
     partial_check="compare",
     topology_clusters=False,
+    decode_penalizes_disabled=False,
+    keeps_unknown_disabled_features=False,
 )
 # NEWS 7.1.0: "Introduce maximum CPU mode" (7.0 refuses "Invalid mode attribute 'maximum'").
 _LIBVIRT_7_1 = _changed(_LIBVIRT_7_0, (7, 1, 0), modes=_LIBVIRT_7_0.modes + ("maximum",))
+# cpu_x86 "Penalize disabled features when computing CPU model" (libvirt 8.3.0): 7.0 lacks it, 9.0
+# has it (conformance: libvirt 7.0's test data agrees only with the plain count).
+_LIBVIRT_8_3 = _changed(_LIBVIRT_7_1, (8, 3, 0), decode_penalizes_disabled=True)
 # NEWS 10.1.0: CPU clusters in <topology>.
-_LIBVIRT_10_1 = _changed(_LIBVIRT_7_1, (10, 1, 0), topology_clusters=True)
-# NEWS 11.0.0: versioned CPU models (-vN), which came with the grouped CPU map index, added='yes'
-# features, <check partial='compat'/> and the blockers-based partial check; the three vmx-*
-# features QEMU never supported joined the ignored list (first measured in 11.3).
-_LIBVIRT_11_0 = _changed(
-    _LIBVIRT_10_1, (11, 0, 0),
-    cpu_map_includes=("include", "group/include"),
+_LIBVIRT_10_1 = _changed(_LIBVIRT_8_3, (10, 1, 0), topology_clusters=True)
+# NEWS 10.5.0: "Fix migration with disabled vmx-* CPU features" (disabled unknown features are kept).
+_LIBVIRT_10_5 = _changed(_LIBVIRT_10_1, (10, 5, 0), keeps_unknown_disabled_features=True)
+# NEWS 10.10.0: versioned CPU models (-vN), which came with the grouped CPU map index, added='yes'
+# features, <check partial='compat'/> and the blockers-based partial check (domcapabilities report
+# blockers since 10.9.0); the three vmx-* features QEMU never supported joined the ignored list
+# (first measured in 11.3; no 10.x tree was available to date these more precisely).
+_LIBVIRT_10_10 = _changed(
+    _LIBVIRT_10_5, (10, 10, 0),
+    cpu_map_includes=("include", "group[@name]/include"),
     ignored_features=_LIBVIRT_10_1.ignored_features | {"vmx-ept-uc", "vmx-ept-wb", "vmx-invvpid-single-context"},
     added_model_features=True,
     partial_check="blockers",
@@ -80,9 +94,10 @@ _LIBVIRT_11_0 = _changed(
 # Measured on libvirt 12.8 + QEMU 11.1 (no 12.x source could be had): cmp_legacy, whatever its policy,
 # is no longer passed to QEMU and is gone from the live CPU (11.3 + QEMU 10.0 passes it), like the
 # features of virQEMUCapsCPUFilterFeatures; versions 12.0-12.7 were not measured.
-_LIBVIRT_12_8 = _changed(_LIBVIRT_11_0, (12, 8, 0), ignored_features=_LIBVIRT_11_0.ignored_features | {"cmp_legacy"})
+_LIBVIRT_12_8 = _changed(_LIBVIRT_10_10, (12, 8, 0), ignored_features=_LIBVIRT_10_10.ignored_features | {"cmp_legacy"})
 
-RULES: Tuple[LibvirtRules, ...] = (_LIBVIRT_7_0, _LIBVIRT_7_1, _LIBVIRT_10_1, _LIBVIRT_11_0, _LIBVIRT_12_8)
+RULES: Tuple[LibvirtRules, ...] = (_LIBVIRT_7_0, _LIBVIRT_7_1, _LIBVIRT_8_3, _LIBVIRT_10_1, _LIBVIRT_10_5, _LIBVIRT_10_10,
+                                   _LIBVIRT_12_8)
 OLDEST_SUPPORTED: Version = RULES[0].since
 # The newest libvirt whose rules were measured; newer ones get these rules and a warning.
 NEWEST_KNOWN: Version = (12, 8, 0)

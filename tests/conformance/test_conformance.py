@@ -4,8 +4,9 @@
 host-model, cputest update, guest CPU and update-live cases. Fails (never skips) without the
 test data: run `make testdata`.
 
-Trees: the `current` one (this machine's libvirt, 9.0) by default; HOSTCPU_CONFORMANCE_TREES=all
-(or =11.3, =trixie, =9.0,11.3) for the trees scripts/fetch-testdata.sh unpacked;
+Trees: every tree scripts/fetch-testdata.sh unpacked by default (libvirt 7.0, 9.0 and 11.3; a
+default run without one of them fails); HOSTCPU_CONFORMANCE_TREES=current (this machine's libvirt),
+=11.3, =trixie or =9.0,11.3 for some of them;
 HOSTCPU_LIBVIRT_SRC=/path[:/path...] for any libvirt tree (7.0 to 12.x). Case ids are
 `<libvirt version>/<family>/<name>`.
 """
@@ -37,6 +38,14 @@ conftest.TREES.update((tree.label, str(tree.path)) for tree in TREES)
 
 def _tree_ids(trees: List[testdata.Tree]) -> List[str]:
     return [tree.label for tree in trees]
+
+
+def test_the_default_run_has_every_expected_version():
+    if testdata.os.environ.get(testdata.SOURCE_VARIABLE) or testdata.os.environ.get(testdata.TREES_VARIABLE, "all") != "all":
+        return
+    assert {tree.version for tree in TREES} >= set(testdata.EXPECTED_VERSIONS), (
+        "make testdata fetches libvirt %s; found %s" % (", ".join(testdata.EXPECTED_VERSIONS),
+                                                        ", ".join(sorted(str(tree.version) for tree in TREES))))
 
 
 @pytest.mark.parametrize("tree", TREES, ids=_tree_ids(TREES))

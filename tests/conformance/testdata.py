@@ -18,8 +18,8 @@ programs build them (their case lists are parsed from the tree's C sources):
   and disabled, against the CPU libvirt computed (cputest.c cpuTestUpdateLive).
 
 Which trees: HOSTCPU_LIBVIRT_SRC (one path, or several separated by ':') when set; otherwise
-HOSTCPU_CONFORMANCE_TREES: ``current`` (default: the tree of this machine's libvirt), ``all``
-(every tree scripts/fetch-testdata.sh unpacked), or a comma-separated list of versions ("11.3",
+HOSTCPU_CONFORMANCE_TREES: ``all`` (default: every tree scripts/fetch-testdata.sh unpacked, at
+least the libvirt versions of EXPECTED_VERSIONS), ``current`` (the tree of this machine's libvirt), or a comma-separated list of versions ("11.3",
 "9.0.0"), Debian suites ("trixie") or tree directory names.
 """
 
@@ -29,9 +29,8 @@ import functools
 import json
 import os
 import re
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_from_xml
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
@@ -51,16 +50,15 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import 
     update_live,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import parse_domain_capabilities
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import rules_for
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "libvirt-src"
 SOURCE_VARIABLE = "HOSTCPU_LIBVIRT_SRC"
 TREES_VARIABLE = "HOSTCPU_CONFORMANCE_TREES"
-# Diagnosis only, until cpu_map_from_xml reads libvirt 11.x's CPU map itself: "groups" flattens
-# index.xml's <group> elements into plain <include>s, "added" drops models' <feature added='yes'/>
-# (libvirt 11.x keeps them out of the model's data). Comma-separated; unset = the files as they are.
-MAP_ADAPTER_VARIABLE = "HOSTCPU_CONFORMANCE_MAP_ADAPTER"
+# The libvirt versions make testdata fetches (bullseye, bookworm, trixie): a default run without one fails.
+EXPECTED_VERSIONS = ("7.0.0", "9.0.0", "11.3.0")
 FAMILIES = ("xml2argv", "update", "guest", "updatelive")
 XML2ARGV_PROGRAMS = (("qemuxmlconftest.c", "qemuxmlconfdata"), ("qemuxml2argvtest.c", "qemuxml2argvdata"))
 # tests/testutilsqemu.h qemuTestCPUDef (or, up to 7.x, the variable given to qemuTestSetHostCPU) -> the
@@ -160,39 +158,6 @@ def unquote(argument: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the CPU map, as the collection reads it
-
-
-def _flatten_groups(index_xml: str) -> str:
-    root = ElementTree.fromstring(index_xml)
-    for arch in root.findall("arch"):
-        for group in arch.findall("group"):
-            position = list(arch).index(group)
-            arch.remove(group)
-            for offset, include in enumerate(group.findall("include")):
-                arch.insert(position + offset, include)
-    return ElementTree.tostring(root, encoding="unicode")
-
-
-def _without_added_features(model_xml: str) -> str:
-    return re.sub(r"\s*<feature\b[^>]*\badded=['\"]yes['\"][^>]*/>", "", model_xml)
-
-
-def map_adapter() -> Set[str]:
-    return {part.strip() for part in os.environ.get(MAP_ADAPTER_VARIABLE, "").split(",") if part.strip()}
-
-
-def adapted_map_files(files: Dict[str, str], adapter: Set[str]) -> Dict[str, str]:
-    """Diagnosis only: the CPU map files rewritten so an older cpu_map_from_xml reads 11.x's map."""
-    files = dict(files)
-    if "groups" in adapter:
-        files["index.xml"] = _flatten_groups(files["index.xml"])
-    if "added" in adapter:
-        files = {name: text if name == "index.xml" else _without_added_features(text) for name, text in files.items()}
-    return files
-
-
-# ---------------------------------------------------------------------------------------------
 # one libvirt source tree
 
 
@@ -237,9 +202,9 @@ class Tree:
 
     @functools.cached_property
     def cpu_map(self) -> Dict[str, Any]:
-        """The tree's src/cpu_map read by the collection's cpu_map_from_xml."""
+        """The tree's src/cpu_map read by the collection's cpu_map_from_xml, as that version's libvirt reads it."""
         files = {path.name: _text(path) for path in (self.path / "src" / "cpu_map").glob("*.xml")}
-        return cpu_map_from_xml(adapted_map_files(files, map_adapter()))
+        return cpu_map_from_xml(files, rules=rules_for(self.version))
 
     @functools.cached_property
     def feature_index(self) -> Dict[str, int]:
@@ -335,7 +300,7 @@ def selected_paths() -> List[Path]:
     given = os.environ.get(SOURCE_VARIABLE)
     if given:
         return [Path(part) for part in given.split(":") if part]
-    choice = os.environ.get(TREES_VARIABLE, "current").strip() or "current"
+    choice = os.environ.get(TREES_VARIABLE, "all").strip() or "all"
     if choice == "current":
         return [CACHE / "current"]
     if choice == "all":
@@ -607,7 +572,7 @@ def _run_host_model_test(tree: Tree, test: HostModelTest) -> Any:
     else:
         ctx = _real_caps_context(tree, qemu_version(tree, test.caps), virt_type, machine)
     cpu = cpu_from_xml(text)
-    return outcome(lambda: qemu_cpu_option(prepare_for_qemu(ctx, guest_cpu(cpu, ctx))))
+    return outcome(lambda: qemu_cpu_option(prepare_for_qemu(ctx, guest_cpu(cpu, ctx)), ctx))
 
 
 def xml2argv_cases(tree: Tree) -> List[Case]:

@@ -247,3 +247,18 @@ def test_a_model_only_newer_maps_have_is_refused_for_a_mixed_fleet_naming_the_mo
     with pytest.raises(FleetError, match="model '%s' is not in the CPU map of every host's libvirt; use one of: 486, "
                        % newer_only[0]):
         fleet_baseline(host_records(hosts), model=newer_only[0])
+
+
+@pytest.mark.parametrize("version, penalizes, keeps", [("7.0.0", False, False), ("9.0.0", True, False),
+                                                       ("10.5.0", True, True), ("11.3.0", True, True)])
+def test_decode_and_unknown_disabled_feature_rules(version, penalizes, keeps):
+    rules = rules_for(version)
+    assert (rules.decode_penalizes_disabled, rules.keeps_unknown_disabled_features) == (penalizes, keeps)
+
+
+def test_an_unnamed_group_of_the_index_is_not_read():
+    """loadIncludes reads include | group[@name]/include."""
+    files = read_cpu_map_files(str(VERSIONS / "11.3.0" / "cpu_map"))
+    files["index.xml"] = files["index.xml"].replace("<group name='generic'>", "<group>", 1)
+    assert "486" not in cpu_map_from_xml(files, rules=rules_for("11.3.0"))["models"]
+    assert "pentium" in cpu_map_from_xml(files, rules=rules_for("11.3.0"))["models"]
