@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests" / "unit" / "plugins" / "module_utils"))
 from fleet_facts import real_facts, variant  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.hostcpu.libvirt.plugins.filter.fleet import fleet_baseline  # noqa: E402
-from ansible_collections.hostcpu.libvirt.plugins.module_utils import _baseline, _expansion, _shape  # noqa: E402
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _baseline, _cpu_map, _expansion, _shape  # noqa: E402
 
 
 def fleet(hosts: int, kinds: int, seed: int) -> list:
@@ -57,7 +57,7 @@ def clear_caches() -> None:
     _baseline._VIEWS.clear()  # pylint: disable=protected-access
     _baseline._CONTROLLER_MAP.clear()  # pylint: disable=protected-access
     _expansion._CONTEXTS.clear()  # pylint: disable=protected-access
-    _expansion._CPU_MAPS.clear()  # pylint: disable=protected-access
+    _cpu_map._CPU_MAPS.clear()  # pylint: disable=protected-access
     _shape._CHECKED.clear()  # pylint: disable=protected-access
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from tests.accuracy.matrix import matrix  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.hostcpu.libvirt.plugins.filter.cpu import live_cpu  # noqa: E402
-from ansible_collections.hostcpu.libvirt.plugins.module_utils import _expansion, _shape  # noqa: E402
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _expansion, _cpu_map, _expansion_data, _shape  # noqa: E402
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import build_facts  # noqa: E402
 
 UNIT = ROOT / "tests" / "unit" / "fixtures"
@@ -37,8 +37,8 @@ def real_facts() -> dict:
     cpu_map = {path.name: path.read_text(encoding="utf-8") for path in (data_dir / "cpu_map").glob("*.xml")}
     capabilities = (real / "capabilities.xml").read_text(encoding="utf-8")
     domcaps = {vt: (real / ("domcapabilities-%s.xml" % vt)).read_text(encoding="utf-8") for vt in ("kvm", "qemu")}
-    data = {vt: _expansion.expansion_data_from_xml(cpu_map, capabilities, domcaps[vt],
-                                                   json.loads((data_dir / ("qemu-%s.json" % vt)).read_text(encoding="utf-8")))
+    data = {vt: _expansion_data.expansion_data_from_xml(cpu_map, capabilities, domcaps[vt],
+                                                        json.loads((data_dir / ("qemu-%s.json" % vt)).read_text(encoding="utf-8")))
             for vt in domcaps}
     facts = build_facts(capabilities, domcaps, {"libvirt_version": 9000000, "hypervisor_version": 7002022}, expansion_data=data)
     return json.loads(json.dumps(facts))
@@ -49,7 +49,7 @@ def one_round(facts: dict, cases: list, cold: bool) -> float:
     for virt_type, cpu in cases:
         if cold:
             _expansion._CONTEXTS.clear()  # pylint: disable=protected-access
-            _expansion._CPU_MAPS.clear()  # pylint: disable=protected-access
+            _cpu_map._CPU_MAPS.clear()  # pylint: disable=protected-access
             _shape._CHECKED.clear()  # pylint: disable=protected-access
         try:
             live_cpu(cpu, facts, virt_type)

@@ -62,20 +62,17 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     ordered,
     validate_cpu,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError, ExpansionDataError, GuestWouldNotStart
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import (
+    CPUMap,
     DISABLING,
     ENABLING,
-    CPUMap,
-    ExpansionDataError,
-    GuestWouldNotStart,
     cpu_map_from_xml,
-    context_for,
     cpu_map_of,
-    predict_live_cpu,
     read_cpu_map_files,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import context_for, predict_live_cpu
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     fingerprint,
     host_model_as_custom_xml,

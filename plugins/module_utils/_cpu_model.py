@@ -428,6 +428,8 @@ def normalize_cpu(cpu: CPUDict, virt_type: str = "kvm",
     result.setdefault("check", _default_check(mode, virt_type, bool((cpu.get("model") or {}).get("name"))))
     if result.get("topology"):
         result["topology"] = _normalize_topology(result["topology"], libvirt_version)
+    if not rules_for(libvirt_version).maxphysaddr:
+        result.pop("maxphysaddr", None)
     if result.get("features"):
         result["features"] = [{"name": f["name"], "policy": f.get("policy") or "require"} for f in result["features"]]
     return ordered(result)

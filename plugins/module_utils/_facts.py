@@ -533,7 +533,7 @@ def build_facts(capabilities_xml: Optional[XMLText],
     *versions*: ``{"libvirt_version", "hypervisor_version"}`` as text or libvirt's integers.
     *expansions*: per virt type ``{"host_model_expanded": xml, "host_model_migratable": xml}``.
     *verified*: per virt type and mode, the ``verified_result`` of a started guest.
-    *expansion_data*: per virt type, ``_expansion.expansion_data_from_libvirt``'s result; each entry
+    *expansion_data*: per virt type, ``_probe_qemu.expansion_data_from_libvirt``'s result; each entry
     then has it under ``expansion`` (None for a virt type without it).
     """
     versions = versions or {}

@@ -22,7 +22,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
     libvirt_message,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import expansion_data_from_libvirt
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe_qemu import expansion_data_from_libvirt
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     VERIFIABLE_MODES,
     VIRT_TYPES,
@@ -178,7 +178,7 @@ def gather_expansion_data(conn, entries: Dict[str, Entry], capabilities_xml: str
         return {}, {}
     with ThreadPoolExecutor(max_workers=len(entries)) as pool:
         futures = {virt_type: pool.submit(expansion_data_from_libvirt, conn, entry, capabilities_xml, domcaps[virt_type],
-                                             rules=rules)
+                                          rules=rules)
                    for virt_type, entry in entries.items()}
     data: Dict[str, Dict[str, Any]] = {}
     errors: Dict[str, str] = {}

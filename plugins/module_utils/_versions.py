@@ -53,6 +53,12 @@ class LibvirtRules(NamedTuple):
     # disabled features QEMU does not know stay in the CPU definition (and the live XML) and are only
     # left off QEMU's -cpu (qemu_command.c, qemuBuildCpuModelArgStr); before, libvirt dropped them
     keeps_unknown_disabled_features: bool
+    # <maxphysaddr> exists (NEWS 8.7.0); older versions drop the element at define
+    maxphysaddr: bool
+    # forbid features the host CPU lists fail the start before any comparison (qemu_process.c,
+    # virCPUCheckForbiddenFeatures: "Host CPU provides forbidden feature 'x'"); before, only the
+    # check='partial' comparison refuses them ("Host CPU provides forbidden features: x")
+    checks_forbidden_features: bool
 
 
 def _changed(previous: LibvirtRules, since: Version, **changes) -> LibvirtRules:
@@ -69,14 +75,20 @@ _LIBVIRT_7_0 = LibvirtRules(
     topology_clusters=False,
     decode_penalizes_disabled=False,
     keeps_unknown_disabled_features=False,
+    maxphysaddr=False,
+    checks_forbidden_features=False,
 )
 # NEWS 7.1.0: "Introduce maximum CPU mode" (7.0 refuses "Invalid mode attribute 'maximum'").
 _LIBVIRT_7_1 = _changed(_LIBVIRT_7_0, (7, 1, 0), modes=_LIBVIRT_7_0.modes + ("maximum",))
 # cpu_x86 "Penalize disabled features when computing CPU model" (libvirt 8.3.0): 7.0 lacks it, 9.0
 # has it (conformance: libvirt 7.0's test data agrees only with the plain count).
-_LIBVIRT_8_3 = _changed(_LIBVIRT_7_1, (8, 3, 0), decode_penalizes_disabled=True)
+# virCPUCheckForbiddenFeatures before the start: 7.0 lacks it, 9.0 has it; placed with the decoder
+# change of the same CPU work (8.3.0), not measured in between.
+_LIBVIRT_8_3 = _changed(_LIBVIRT_7_1, (8, 3, 0), decode_penalizes_disabled=True, checks_forbidden_features=True)
+# NEWS 8.7.0: <maxphysaddr>.
+_LIBVIRT_8_7 = _changed(_LIBVIRT_8_3, (8, 7, 0), maxphysaddr=True)
 # NEWS 10.1.0: CPU clusters in <topology>.
-_LIBVIRT_10_1 = _changed(_LIBVIRT_8_3, (10, 1, 0), topology_clusters=True)
+_LIBVIRT_10_1 = _changed(_LIBVIRT_8_7, (10, 1, 0), topology_clusters=True)
 # NEWS 10.5.0: "Fix migration with disabled vmx-* CPU features" (disabled unknown features are kept).
 _LIBVIRT_10_5 = _changed(_LIBVIRT_10_1, (10, 5, 0), keeps_unknown_disabled_features=True)
 # NEWS 10.10.0: versioned CPU models (-vN), which came with the grouped CPU map index, added='yes'
@@ -96,8 +108,8 @@ _LIBVIRT_10_10 = _changed(
 # features of virQEMUCapsCPUFilterFeatures; versions 12.0-12.7 were not measured.
 _LIBVIRT_12_8 = _changed(_LIBVIRT_10_10, (12, 8, 0), ignored_features=_LIBVIRT_10_10.ignored_features | {"cmp_legacy"})
 
-RULES: Tuple[LibvirtRules, ...] = (_LIBVIRT_7_0, _LIBVIRT_7_1, _LIBVIRT_8_3, _LIBVIRT_10_1, _LIBVIRT_10_5, _LIBVIRT_10_10,
-                                   _LIBVIRT_12_8)
+RULES: Tuple[LibvirtRules, ...] = (_LIBVIRT_7_0, _LIBVIRT_7_1, _LIBVIRT_8_3, _LIBVIRT_8_7, _LIBVIRT_10_1, _LIBVIRT_10_5,
+                                   _LIBVIRT_10_10, _LIBVIRT_12_8)
 OLDEST_SUPPORTED: Version = RULES[0].since
 # The newest libvirt whose rules were measured; newer ones get these rules and a warning.
 NEWEST_KNOWN: Version = (12, 8, 0)

@@ -553,8 +553,10 @@ class HostChecks:
         """Which features hang on which (libvirt's CPU map on this host); None when it cannot be read."""
         if self.feature_dependencies is None:
             # _expansion (the largest module_utils, compiled on every run) only when it is needed (bench/README.md)
-            from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (  # pylint: disable=import-outside-toplevel
-                cpu_map_from_xml, dependencies_from_map, read_cpu_map_files)
+            from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import (  # pylint: disable=import-outside-toplevel
+                cpu_map_from_xml, read_cpu_map_files)
+            from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data import (  # pylint: disable=import-outside-toplevel
+                dependencies_from_map)
             try:
                 self.feature_dependencies = dependencies_from_map(cpu_map_from_xml(read_cpu_map_files()))
             except CPUError:
@@ -565,7 +567,7 @@ class HostChecks:
         """The entry with the expansion data the live-CPU prediction needs (one probe guest per target)."""
         key = self.key(info)
         if key not in self.measured:
-            from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (  # pylint: disable=import-outside-toplevel
+            from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe_qemu import (  # pylint: disable=import-outside-toplevel
                 expansion_data_from_libvirt)
             entry = dict(self.entry(info))
             try:
@@ -862,8 +864,10 @@ class Runner:
 
     def prediction(self, job: CPUJob, cpu_after: Dict[str, Any]) -> Dict[str, Any]:
         """What a start of the new definition will give (or libvirt's refusal), from the host's measured data."""
+        from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import (  # pylint: disable=import-outside-toplevel
+            GuestWouldNotStart)
         from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (  # pylint: disable=import-outside-toplevel
-            GuestWouldNotStart, predict_live_cpu)
+            predict_live_cpu)
         try:
             return {"predicted_live_cpu": predict_live_cpu(cpu_after, self.checks.measured_entry(job.info))}
         except GuestWouldNotStart as exc:

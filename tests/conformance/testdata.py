@@ -33,22 +33,20 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_from_xml
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError, GuestWouldNotStart
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import cpu_map_from_xml, to_hex
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
     Context,
     GuestCPU,
-    GuestWouldNotStart,
     compare_with_host,
-    cpu_map_from_xml,
-    expansion_data_from_parts,
     guest_cpu,
     prepare_for_qemu,
     qemu_cpu_option,
-    to_hex,
     translate_model,
     update_guest,
     update_live,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data import expansion_data_from_parts
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import parse_domain_capabilities
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import rules_for
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
@@ -260,8 +258,8 @@ class Tree:
     @functools.cached_property
     def qemu_feature_names(self) -> Dict[str, str]:
         """QEMU property name -> libvirt feature name (qemu_capabilities.c virQEMUCapsCPUFeaturesX86)."""
-        pairs = re.findall(r'\{\s*"([^"]+)"\s*,\s*"([^"]+)"\s*\}', c_array(self.source("src/qemu/qemu_capabilities.c"),
-                                                                            "virQEMUCapsCPUFeaturesX86"))
+        table = c_array(self.source("src/qemu/qemu_capabilities.c"), "virQEMUCapsCPUFeaturesX86")
+        pairs = re.findall(r'\{\s*"([^"]+)"\s*,\s*"([^"]+)"\s*\}', table)
         return {qemu: libvirt for libvirt, qemu in pairs}
 
     def libvirt_name(self, qemu_name: str) -> str:

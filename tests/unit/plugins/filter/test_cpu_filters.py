@@ -19,7 +19,7 @@ from ansible_collections.hostcpu.libvirt.plugins.filter.cpu import (
     live_cpu,
     live_cpu_prediction,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import expansion_data_from_xml
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data import expansion_data_from_xml
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import build_facts
 
 UNIT = Path(__file__).resolve().parents[2]

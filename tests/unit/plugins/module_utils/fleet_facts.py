@@ -3,7 +3,7 @@
 """Facts for the fleet tests and the fleet benchmark, all from XML libvirt printed on the test machine.
 
 * ``real_facts()``: this machine's ``hostcpu`` facts (kvm and qemu) with the expansion data
-  ``_expansion.expansion_data_from_xml`` builds from ``fixtures/expansion`` (what cpu_facts stores).
+  ``_expansion_data.expansion_data_from_xml`` builds from ``fixtures/expansion`` (what cpu_facts stores).
 * ``variant(entry, rng, drop)``: a host "like this one" that lacks *drop* random features of its
   host-model CPU (not of the models usable there): QEMU cannot give them there (gone from what the accelerator supports), libvirt's
   host-model CPU and its expansions no longer list them, models that need them are not usable.
@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional
 
-from ansible_collections.hostcpu.libvirt.plugins.module_utils import _expansion
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _cpu_map, _expansion_data
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import build_facts, fingerprint
 
 UNIT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def read(path: Path) -> str:
 
 @functools.lru_cache(maxsize=None)
 def cpu_map_files(directory: str = str(EXPANSION / "cpu_map")) -> Dict[str, str]:
-    return _expansion.read_cpu_map_files(directory)
+    return _cpu_map.read_cpu_map_files(directory)
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,7 +54,7 @@ def _real_facts_json() -> str:
     facts = build_facts(caps, domcaps, VERSIONS, expansions)
     for vt in VIRT_TYPES:
         qemu = json.loads(read(EXPANSION / ("qemu-%s.json" % vt)))
-        facts["virt_types"][vt]["expansion"] = _expansion.expansion_data_from_xml(cpu_map_files(), caps, domcaps[vt], qemu)
+        facts["virt_types"][vt]["expansion"] = _expansion_data.expansion_data_from_xml(cpu_map_files(), caps, domcaps[vt], qemu)
     return json.dumps(facts)
 
 
@@ -80,7 +80,7 @@ def variant(entry: Mapping[str, Any], rng: random.Random, drop: int) -> Dict[str
     """A copy of *entry* whose host cannot give *drop* random features of its host-model CPU."""
     result = copy.deepcopy(dict(entry))
     data = result["expansion"]
-    cpu_map = _expansion.CPUMap.from_facts(data)
+    cpu_map = _cpu_map.CPUMap.from_facts(data)
     host_model = result["modes"]["host-model"]["cpu"]
     model_features = set(cpu_map.names_of(cpu_map.models[host_model["model"]["name"]].mask))
     # Hosts of one fleet differ in the features newer CPUs add, not in those of the models usable here.
@@ -100,20 +100,20 @@ def variant(entry: Mapping[str, Any], rng: random.Random, drop: int) -> Dict[str
     data["host_model"]["features"] += [[n, "disable"] for n in names if n in model_features]
     qemu = data["qemu"]
     for key in ("supported", "migratable"):
-        qemu[key] = _expansion.to_hex(_expansion.from_hex(qemu[key], key) & ~mask)
+        qemu[key] = _cpu_map.to_hex(_cpu_map.from_hex(qemu[key], key) & ~mask)
     if data.get("host"):
         for key in ("features", "listed"):
-            data["host"][key] = _expansion.to_hex(_expansion.from_hex(data["host"][key], key) & ~mask)
+            data["host"][key] = _cpu_map.to_hex(_cpu_map.from_hex(data["host"][key], key) & ~mask)
     for model in result["modes"]["custom"]["models"]:
         info = cpu_map.models.get(model["name"])
         if info is not None and info.mask & mask:
             model["usable"] = False
     result["fingerprint"] = fingerprint(result)
-    data["fingerprint"] = _expansion._data_fingerprint(data)  # pylint: disable=protected-access
+    data["fingerprint"] = _expansion_data._data_fingerprint(data)  # pylint: disable=protected-access
     return result
 
 
-def cputest_entry(cpu: Mapping[str, Any], cpu_map: _expansion.CPUMap, non_migratable: Iterable[str],
+def cputest_entry(cpu: Mapping[str, Any], cpu_map: _cpu_map.CPUMap, non_migratable: Iterable[str],
                   label: str) -> Dict[str, Any]:
     """A kvm host whose host-model CPU is *cpu* (a CPU of libvirt's cputestdata), without expansion data.
 

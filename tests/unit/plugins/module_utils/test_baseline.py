@@ -53,12 +53,8 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     cpu_from_xml,
     validate_cpu,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
-    CPUMap,
-    cpu_map_from_xml,
-    predict_live_cpu,
-    read_cpu_map_files,
-)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import CPUMap, cpu_map_from_xml, read_cpu_map_files
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import predict_live_cpu
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
 MISSING_TESTDATA = ("libvirt's test data is missing at %s: run `make testdata` (or set HOSTCPU_LIBVIRT_SRC to an "

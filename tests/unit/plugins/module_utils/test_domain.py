@@ -38,11 +38,8 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     replace_cpu,
     without_cpu,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
-    cpu_map_from_xml,
-    dependencies_from_map,
-    read_cpu_map_files,
-)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import cpu_map_from_xml, read_cpu_map_files
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data import dependencies_from_map
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import host_model_cpu, parse_domain_capabilities
 
 FIXTURES = Path(__file__).resolve().parents[3] / "unit" / "fixtures"

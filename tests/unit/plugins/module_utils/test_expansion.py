@@ -18,23 +18,20 @@ from typing import Any, Dict
 
 import pytest
 
-from ansible_collections.hostcpu.libvirt.plugins.module_utils import _expansion as expansion
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _cpu_map
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import CPUDefinitionError, cpu_from_xml
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError, ExpansionDataError, GuestWouldNotStart
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import CPUMap, cpu_map_from_xml, decode, from_hex
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
-    CPUMap,
-    ExpansionDataError,
-    GuestWouldNotStart,
     context_for,
-    cpu_map_from_xml,
-    decode,
-    dependencies_from_map,
-    expansion_data_from_xml,
-    from_hex,
     guest_cpu,
     predict_live_cpu,
     prepare_for_qemu,
     qemu_cpu_option,
+)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data import (
+    dependencies_from_map,
+    expansion_data_from_xml,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import parse_domain_capabilities
 
@@ -401,6 +398,6 @@ def test_decode_refuses_data_no_model_describes():
 
 def test_candidate_score_counts_disabled_features_like_libvirt():
     # libvirt's loop bound shrinks while it counts disabled features, so trailing ones are missed
-    score = expansion._candidate_score([("a", "require"), ("b", "disable"), ("c", "disable")], guest=True)
+    score = _cpu_map._candidate_score([("a", "require"), ("b", "disable"), ("c", "disable")], guest=True)
     assert score == (2 + 2, 2), "c is not counted"
-    assert expansion._candidate_score([("a", "require"), ("b", "require"), ("c", "disable"), ("d", "disable")], True) == (3 + 2, 2)
+    assert _cpu_map._candidate_score([("a", "require"), ("b", "require"), ("c", "disable"), ("d", "disable")], True) == (3 + 2, 2)

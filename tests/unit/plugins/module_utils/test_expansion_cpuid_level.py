@@ -20,16 +20,16 @@ from typing import Any, Dict, List
 import pytest
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_from_xml
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import cpu_map_from_xml
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import GuestWouldNotStart
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
-    GuestWouldNotStart,
     context_for,
-    cpu_map_from_xml,
-    expansion_data_from_xml,
     guest_cpu,
     predict_live_cpu,
     prepare_for_qemu,
     qemu_cpu_option,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data import expansion_data_from_xml
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import parse_domain_capabilities
 
 UNIT = Path(__file__).resolve().parents[2]

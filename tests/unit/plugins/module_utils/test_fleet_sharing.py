@@ -15,12 +15,13 @@ import pytest
 from fleet_facts import real_facts, variant
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils import _baseline, _expansion, _shape
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _cpu_map
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import FactsShapeError, entry_identity, select_entries
 
 
 @pytest.fixture(autouse=True)
 def empty_caches():
-    for cache in (_baseline._VIEWS, _expansion._CONTEXTS, _expansion._CPU_MAPS, _shape._CHECKED):  # pylint: disable=protected-access
+    for cache in (_baseline._VIEWS, _expansion._CONTEXTS, _cpu_map._CPU_MAPS, _shape._CHECKED):  # pylint: disable=protected-access
         cache.clear()
     yield
 
@@ -49,7 +50,7 @@ def count_calls(monkeypatch, owner: Any, name: str) -> List[int]:
 
 def test_hosts_with_one_cpu_map_share_its_decoding(monkeypatch):
     hosts = kinds(6)
-    decoded = count_calls(monkeypatch, _expansion.CPUMap, "from_facts")
+    decoded = count_calls(monkeypatch, _cpu_map.CPUMap, "from_facts")
     contexts = [_expansion.context_for(entry) for entry in hosts]
     assert len({id(context) for context in contexts}) == 6
     assert len({id(context.map) for context in contexts}) == 1
@@ -60,7 +61,7 @@ def test_a_different_cpu_map_is_decoded_on_its_own():
     first, second = copies(real_facts()["virt_types"]["qemu"], 2)
     models = second["expansion"]["models"]
     name = next(iter(models))
-    models[name]["features"] = _expansion.to_hex(_expansion.from_hex(models[name]["features"], name) ^ 1)
+    models[name]["features"] = _cpu_map.to_hex(_cpu_map.from_hex(models[name]["features"], name) ^ 1)
     second["expansion"]["fingerprint"] = "changed-map"
     one, other = _expansion.context_for(first), _expansion.context_for(second)
     assert one.map is not other.map

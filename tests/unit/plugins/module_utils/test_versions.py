@@ -14,16 +14,15 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._baseline import FleetError, fleet_baseline, host_records
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import cpu_map_from_xml, read_cpu_map_files
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import GuestWouldNotStart
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
-    GuestWouldNotStart,
     compare_with_host,
     context_for,
-    cpu_map_from_xml,
-    expansion_data_from_xml,
     guest_cpu,
     predict_live_cpu,
-    read_cpu_map_files,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data import expansion_data_from_xml
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import parse_domain_capabilities
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import host_problems
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import (
