@@ -66,12 +66,14 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data im
     PASSTHROUGH_MODES,
     QEMU_FEATURE_NAMES,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version, rules_for
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version, qemu_rules_for, rules_for
 
 
 # A fleet baseline predicts on every distinct host twice (its host-model CPU, then the proof):
 # the contexts of a 1000-host fleet must stay cached between the two passes.
 CONTEXT_CACHE_SIZE = 1024
+# QEMU's IS_INTEL_CPU / IS_ZHAOXIN_CPU vendors: no cmp_legacy for multi-core packages.
+INTEL_LIKE_VENDORS = ("GenuineIntel", "CentaurHauls", "  Shanghai  ")
 
 
 class Context:
@@ -99,6 +101,8 @@ class Context:
         self.msr_failures = [(int(failure["index"]), int(str(failure["value"]), 16)) for failure in qemu.get("msr_failures") or ()]
         self.unannounced_msrs = [(int(failure["index"]), int(failure["leaf"])) for failure in qemu.get("msr_unannounced_failures") or ()]
         self.levels = {name: int(level) for name, level in required_mapping(qemu.get("levels") or {}, "qemu.levels").items()}
+        self.qemu_rules = qemu_rules_for(qemu.get("version"))
+        self.qemu_vendors = dict(required_mapping(qemu.get("vendors") or {}, "qemu.vendors"))
         self.level_raisers = [(int(level), from_hex(mask, "qemu.level_raisers")) for level, mask in qemu.get("level_raisers") or ()]
         self.host_model = self._host_model(data.get("host_model"))
         host = data.get("host")
@@ -510,6 +514,32 @@ def _check_unannounced_msrs(ctx: Context, cpu: GuestCPU, requested: Mask, enable
                                            " or ".join(fix_names), leaf))
 
 
+def _logical_cpus_per_package(cpu: GuestCPU) -> int:
+    topology = cpu.rest.get("topology") or {}
+    count = 1
+    for key in ("dies", "clusters", "cores", "threads"):
+        count *= int(topology.get(key) or 1)
+    return count
+
+
+def _qemu_vendor(ctx: Context, cpu: GuestCPU) -> Optional[str]:
+    """The CPUID vendor QEMU gives the guest: vendor_id, else that of QEMU's model ('max' for host-passthrough and maximum)."""
+    if cpu.vendor_id:
+        return cpu.vendor_id
+    return ctx.qemu_vendors.get("max" if cpu.mode in PASSTHROUGH_MODES else cpu.model or "")
+
+
+def _topology_features(ctx: Context, cpu: GuestCPU) -> Mask:
+    """QEMU 10+: ht, and cmp_legacy for a vendor other than Intel (and Zhaoxin), when a package has several logical CPUs."""
+    if not ctx.qemu_rules.topology_sets_ht or _logical_cpus_per_package(cpu) < 2:
+        return 0
+    vendor = _qemu_vendor(ctx, cpu)
+    mask = ctx.map.bit("ht")
+    if vendor is not None and vendor not in INTEL_LIKE_VENDORS:
+        mask |= ctx.map.bit("cmp_legacy")
+    return mask
+
+
 def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
     """The features QEMU enables and the ones it reports unavailable, for the -cpu libvirt builds."""
     plus = cpu.with_policy(ctx, *ENABLING)
@@ -523,7 +553,7 @@ def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
                                     QEMU_FEATURE_NAMES.get(unknown[0], unknown[0])),
                                  missing_features=unknown,
                                  hint="QEMU does not know %s: remove %s from the CPU" % (", ".join(unknown), "it" if len(unknown) == 1 else "them"))
-    requested = (_qemu_base(ctx, cpu) | plus) & ~minus
+    requested = ((_qemu_base(ctx, cpu) | plus) & ~minus) | _topology_features(ctx, cpu)
     cleared_by_user = 0
     for parent, children in ctx.dependencies:
         if not requested & parent:

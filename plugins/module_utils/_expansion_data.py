@@ -65,7 +65,21 @@ MSR_PARENTS = {first: parent for parent, kind, first, _last in DEPENDENCY_GROUPS
 # Features 'max' never turns on by itself although the accelerator may give them
 # (feature_word_info[].no_autoenable_flags); the probe guest asks for them to learn whether it can.
 NO_AUTOENABLE = ("ht", "topoext")
+# Under TCG, 'max' leaves arch-capabilities and the MSR 0x10a bits off although QEMU 10+ gives them
+# when asked (measured on the testbed: QEMU 10.0 and 11.1 do, 7.2 does not); the probe asks for them.
+TCG_LATENT_PARENT = "arch-capabilities"
 PASSTHROUGH_MODES = ("host-passthrough", "maximum")
+
+
+def latent_features(cpu_map: Mapping[str, Any], virt_type: str) -> List[str]:
+    """The features the probe guest forces on to learn whether the accelerator gives them although
+    'max' does not turn them on: NO_AUTOENABLE, and under TCG arch-capabilities with its MSR bits."""
+    names = list(NO_AUTOENABLE)
+    if virt_type == "qemu" and TCG_LATENT_PARENT in cpu_map["bits"]:
+        index = next(first for parent, kind, first, _last in DEPENDENCY_GROUPS if parent == TCG_LATENT_PARENT)
+        names.append(TCG_LATENT_PARENT)
+        names += [name for name in cpu_map["features"] if cpu_map["bits"][name][:2] == ("msr", index)]
+    return names
 
 
 def _bits_for_facts(cpu_map: Dict[str, Any]) -> Dict[str, List[int]]:
@@ -188,6 +202,10 @@ def _qemu_for_facts(qemu: Mapping[str, Any], index: Mapping[str, int], cpu_map: 
         "dependencies": dependencies_from_map(cpu_map, known),
         "msr_failures": [dict(failure) for failure in qemu.get("msr_failures") or []],
     }
+    if qemu.get("vendors"):
+        result["vendors"] = dict(sorted(qemu["vendors"].items()))
+    if qemu.get("version"):
+        result["version"] = str(qemu["version"])
     if qemu.get("msr_unannounced_failures"):
         result.update(_cpuid_level_data(qemu, index))
     return result

@@ -33,8 +33,9 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data im
     PASSTHROUGH_MODES,
     QEMU_FEATURE_NAMES,
     expansion_data_from_xml,
+    latent_features,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import LibvirtRules
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import LibvirtRules, parse_version
 
 
 # QEMU's message when KVM refuses an MSR value; the fix names the feature announcing the MSR.
@@ -80,8 +81,9 @@ def largest_cpu_mode(entry: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def _probe_cpu_xml(label: str, disabled: Sequence[str] = (), largest_mode: str = "maximum") -> str:
-    features = "".join("<feature policy='force' name='%s'/>" % name for name in NO_AUTOENABLE)
+def _probe_cpu_xml(label: str, disabled: Sequence[str] = (), largest_mode: str = "maximum",
+                   forced: Sequence[str] = NO_AUTOENABLE) -> str:
+    features = "".join("<feature policy='force' name='%s'/>" % name for name in forced if name not in disabled)
     features += "".join("<feature policy='disable' name='%s'/>" % name for name in disabled)
     if label == "max":
         return "<cpu mode='%s' migratable='off'>%s</cpu>" % (largest_mode, features)
@@ -91,12 +93,12 @@ def _probe_cpu_xml(label: str, disabled: Sequence[str] = (), largest_mode: str =
 
 
 def _create_probe_guest(conn, entry: Mapping[str, Any], token: str, label: str, disabled: Sequence[str] = (),
-                        cpu_xml: Optional[str] = None):
+                        cpu_xml: Optional[str] = None, forced: Sequence[str] = NO_AUTOENABLE):
     """``(domain, name, None)`` or ``(None, name, libvirt's error)``; *cpu_xml* replaces the label's CPU."""
     import libvirt  # pylint: disable=import-outside-toplevel
     name = "%s%s-%s-%s" % (PROBE_NAME_PREFIX, token, entry["domain_type"], label)
     if cpu_xml is None:
-        cpu_xml = _probe_cpu_xml(label, disabled, largest_cpu_mode(entry) or "maximum")
+        cpu_xml = _probe_cpu_xml(label, disabled, largest_cpu_mode(entry) or "maximum", forced)
     try:
         domain = conn.createXML(_probe_domain_xml(entry, name, cpu_xml), libvirt.VIR_DOMAIN_START_PAUSED)
         return domain, name, None
@@ -134,11 +136,11 @@ def _msr_failure(error: Optional[str]) -> Optional[Dict[str, Any]]:
     return {"index": int(found.group(1), 16), "value": found.group(2).lower()} if found else None
 
 
-def _start_probe_guest(conn, entry: Mapping[str, Any], token: str) -> ProbeGuest:
+def _start_probe_guest(conn, entry: Mapping[str, Any], token: str, forced: Sequence[str] = NO_AUTOENABLE) -> ProbeGuest:
     """A paused transient guest to ask QEMU through, and what starting it taught.
 
-    The first try is the largest CPU (maximum, migratable off) with the NO_AUTOENABLE features
-    forced on: its unavailable-features tell which of those the accelerator lacks. When QEMU dies
+    The first try is the largest CPU (maximum, migratable off) with the *forced* features
+    (``latent_features``) on: its unavailable-features tell which of those the accelerator lacks. When QEMU dies
     writing an MSR, that is recorded as an MSR failure and the start is retried with the feature
     announcing the MSR disabled (the -cpu option becomes a global property of 'max', which the
     expansions override). Without maximum, a qemu64 guest answers the NO_AUTOENABLE question and a
@@ -149,7 +151,7 @@ def _start_probe_guest(conn, entry: Mapping[str, Any], token: str) -> ProbeGuest
     disabled: List[str] = []
     if largest_cpu_mode(entry):
         for _attempt in range(3):
-            domain, name, error = _create_probe_guest(conn, entry, token, "max", disabled)
+            domain, name, error = _create_probe_guest(conn, entry, token, "max", disabled, forced=forced)
             if domain is not None:
                 return _probe_from(conn, domain, name, failures, {parent: True for parent in disabled})
             errors.append(error or "")
@@ -159,8 +161,8 @@ def _start_probe_guest(conn, entry: Mapping[str, Any], token: str) -> ProbeGuest
                 break
             failures.append(failure)
             disabled.append(parent)
-    domain, name, error = _create_probe_guest(conn, entry, token, "detect")
-    unavailable = list(NO_AUTOENABLE)
+    domain, name, error = _create_probe_guest(conn, entry, token, "detect", forced=forced)
+    unavailable = list(forced)
     if domain is not None:
         try:
             unavailable = _unavailable_features(domain)
@@ -211,7 +213,7 @@ def dependency_parents() -> List[str]:
 
 def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
                unavailable: Iterable[str] = (), max_overrides: Optional[Mapping[str, bool]] = None,
-               measure_dependencies: bool = False) -> Dict[str, Any]:
+               measure_dependencies: bool = False, forced: Sequence[str] = NO_AUTOENABLE) -> Dict[str, Any]:
     """QEMU's own view, through QMP of a running (paused) guest, in libvirt feature names.
 
     ``models`` is each model as QEMU defines it for this accelerator *before* dependent features
@@ -224,22 +226,24 @@ def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
     max_all = _expansion(domain, "max", {"migratable": False})
     known = sorted({LIBVIRT_FEATURE_NAMES.get(name, name) for name in max_all} & set(feature_names))
     # The probe guest's own -cpu may have set global properties on 'max': override them.
-    quiet = {QEMU_FEATURE_NAMES.get(name, name): False for name in NO_AUTOENABLE if name in known}
+    quiet = {QEMU_FEATURE_NAMES.get(name, name): False for name in forced if name in known}
     quiet.update({QEMU_FEATURE_NAMES.get(name, name): value for name, value in (max_overrides or {}).items()})
     max_all = _expansion(domain, "max", dict(quiet, migratable=False))
     supported = _enabled(max_all, known)
     max_migratable = _enabled(_expansion(domain, "max", dict(quiet, migratable=True)), known)
     non_migratable = sorted(set(supported) - set(max_migratable))
-    supported = sorted(set(supported) | {name for name in NO_AUTOENABLE if name in known and name not in set(unavailable)})
+    supported = sorted(set(supported) | {name for name in forced if name in known and name not in set(unavailable)})
     parents = [name for name in dependency_parents() if name in known]
     parents_on = {QEMU_FEATURE_NAMES.get(name, name): True for name in parents}
     models = {}
     levels = {"max": max_all.get("level")}
+    vendors = {"max": max_all.get("vendor")}
     for name in model_names:
         if name not in qemu_models:
             continue
         plain_props = _expansion(domain, name)
         levels[name] = plain_props.get("level")
+        vendors[name] = plain_props.get("vendor")
         plain = set(_enabled(plain_props, known))
         latent = set(_enabled(_expansion(domain, name, parents_on), known)) - set(parents)
         models[name] = sorted(plain | latent)
@@ -250,6 +254,7 @@ def probe_qemu(domain, feature_names: Sequence[str], model_names: Iterable[str],
         "non_migratable": non_migratable,
         "models": models,
         "levels": {name: level for name, level in levels.items() if isinstance(level, int)},
+        "vendors": {name: vendor for name, vendor in vendors.items() if isinstance(vendor, str)},
         "measured_dependencies": {},
     }
     for parent in supported if measure_dependencies else ():
@@ -411,12 +416,15 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
     if domcaps_xml is None:
         domcaps_xml = conn.getDomainCapabilities(entry["emulator"], entry["arch"], entry["machine"], entry["domain_type"], 0)
     token = secrets.token_hex(4)
-    guest = _start_probe_guest(conn, entry, token)
+    forced = latent_features(cpu_map, entry["domain_type"])
+    guest = _start_probe_guest(conn, entry, token, forced)
     try:
-        qemu = probe_qemu(guest.domain, cpu_map["features"], cpu_map["models"], guest.unavailable, guest.max_overrides)
+        qemu = probe_qemu(guest.domain, cpu_map["features"], cpu_map["models"], guest.unavailable, guest.max_overrides,
+                          forced=forced)
         unannounced = _start_unannounced_msr_probes(conn, entry, token, guest, cpu_map, qemu)
     finally:
         _destroy_probe_guest(conn, guest.domain, guest.name)
     _add_unannounced_results(qemu, unannounced)
     qemu["msr_failures"] = guest.msr_failures
+    qemu["version"] = ".".join(str(part) for part in parse_version(conn.getVersion()) or ())
     return expansion_data_from_xml(cpu_map_files, capabilities_xml, domcaps_xml, qemu, rules)

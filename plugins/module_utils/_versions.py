@@ -115,6 +115,35 @@ OLDEST_SUPPORTED: Version = RULES[0].since
 NEWEST_KNOWN: Version = (12, 8, 0)
 
 
+class QemuRules(NamedTuple):
+    """What QEMU does differently from one version to the next, where the probe cannot measure it."""
+
+    since: Version
+    # x86_cpu_expand_features sets ht, and cmp_legacy for a non-Intel vendor, when a package has more
+    # than one logical CPU (dies x clusters x cores x threads > 1); before, only the CPUID answer had them
+    topology_sets_ht: bool
+
+
+_QEMU_5_2 = QemuRules(since=(5, 2, 0), topology_sets_ht=False)
+# Measured on the testbed: QEMU 10.0 and 11.1 list ht (and cmp_legacy on AMD-vendor models) in the
+# live CPU of a guest with cores=2 or threads=2, QEMU 7.2 does not ("i386/cpu: Set up CPUID_HT in
+# x86_cpu_expand_features()", QEMU 10.0).
+_QEMU_10_0 = _QEMU_5_2._replace(since=(10, 0, 0), topology_sets_ht=True)
+QEMU_RULES: Tuple[QemuRules, ...] = (_QEMU_5_2, _QEMU_10_0)
+
+
+def qemu_rules_for(version: Union[str, int, Tuple[int, ...], None]) -> QemuRules:
+    """The rules of QEMU *version* (libvirt's hypervisor version); unknown: the newest."""
+    parsed = parse_version(version) if not isinstance(version, tuple) else tuple(version)[:3]
+    if parsed is None:
+        return QEMU_RULES[-1]
+    chosen = QEMU_RULES[0]
+    for row in QEMU_RULES:
+        if row.since <= parsed:
+            chosen = row
+    return chosen
+
+
 def parse_version(text: Union[str, int, None]) -> Optional[Version]:
     """'9.0.0' or libvirt's integer 9000000 -> (9, 0, 0); None stays None."""
     if text is None:

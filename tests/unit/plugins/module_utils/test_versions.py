@@ -29,6 +29,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import (
     NEWEST_KNOWN,
     RULES,
     UnsupportedLibvirtVersion,
+    qemu_rules_for,
     rules_for,
     version_warning,
 )
@@ -261,3 +262,15 @@ def test_an_unnamed_group_of_the_index_is_not_read():
     files["index.xml"] = files["index.xml"].replace("<group name='generic'>", "<group>", 1)
     assert "486" not in cpu_map_from_xml(files, rules=rules_for("11.3.0"))["models"]
     assert "pentium" in cpu_map_from_xml(files, rules=rules_for("11.3.0"))["models"]
+
+
+@pytest.mark.parametrize("version, sets_ht", [("5.2.0", False), ("7.2.22", False), ("10.0.13", True), ("11.1.3", True)])
+def test_qemu_10_sets_ht_for_multi_core_packages(version, sets_ht):
+    assert qemu_rules_for(version).topology_sets_ht is sets_ht
+
+
+def test_maxphysaddr_is_dropped_at_define_before_8_7():
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import normalize_cpu
+    cpu = {"mode": "host-model", "maxphysaddr": {"mode": "emulate", "bits": 42}}
+    assert "maxphysaddr" not in normalize_cpu(cpu, "kvm", (7, 0, 0))
+    assert normalize_cpu(cpu, "kvm", (9, 0, 0))["maxphysaddr"] == {"mode": "emulate", "bits": 42}
