@@ -302,6 +302,15 @@ class ModelInfo(NamedTuple):
     compat_check: bool = False   # check='partial' compares the whole model (<check partial='compat'/>)
 
 
+def _model_order(data: Mapping[str, Any], models: Mapping[str, Any]) -> List[str]:
+    """The map's model order (the decoder walks it newest last): ``model_order`` when the data has it,
+    since a JSON round trip through Ansible may sort the ``models`` keys; else their order."""
+    order = data.get("model_order")
+    if isinstance(order, list) and sorted(order) == sorted(models):
+        return list(order)
+    return list(models)
+
+
 class CPUMap:
     """Feature names in map order, their positions, and the models as masks."""
 
@@ -339,7 +348,8 @@ class CPUMap:
         if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             raise ExpansionDataError("expansion data: 'features' must be the list of libvirt's feature names")
         index = {name: position for position, name in enumerate(names)}
-        models = OrderedDict((name, info._replace(added=mask_of(info.added, index))) for name, info in models.items())
+        models = OrderedDict((name, models[name]._replace(added=mask_of(models[name].added, index)))
+                             for name in _model_order(data, models))
         return cls(names, models)
 
     def mask(self, names: Iterable[str]) -> Mask:
@@ -366,7 +376,7 @@ def cpu_map_of(data: Mapping[str, Any]) -> CPUMap:
     features, models = data.get("features"), data.get("models")
     if not isinstance(features, list) or not isinstance(models, Mapping):
         return CPUMap.from_facts(data)
-    key = (tuple(features), repr(models))
+    key = (tuple(features), repr(models), repr(data.get("model_order")))
     cpu_map = _CPU_MAPS.get(key)
     if cpu_map is None:
         cpu_map = CPUMap.from_facts(data)

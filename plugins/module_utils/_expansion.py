@@ -114,12 +114,26 @@ class Context:
         names = [model.get("name") for model in custom_models]
         if not names:
             names = list(self.qemu_models)
-        self.allowed = {name: self.qemu_models.get(name, 0) & ~self.supported for name in names}
-        # domcapabilities' usable= and <blockers> of each model, for the blockers-based partial check
+        # domcapabilities' usable= and <blockers> of each model (the partial check and the translation use them)
         self.usable = {model.get("name"): model.get("usable") for model in custom_models}
         self.blockers = {model.get("name"): tuple(model.get("blockers") or ()) for model in custom_models
                          if model.get("blockers") is not None}
+        self.allowed = {name: self._blocker_mask(name) for name in names}
         self.reported = self._reported_host_model((modes.get("host-model") or {}).get("cpu"))
+
+    def _blocker_mask(self, name: str) -> Mask:
+        """The features blocking QEMU's model *name* here (libvirt's hvModel->blockers): those
+        domcapabilities lists (10.9+), none for a usable model, else the ones QEMU's definition has and
+        the accelerator cannot give, after QEMU clears the features hanging on ones the model lacks."""
+        if name in self.blockers:
+            return self.map.mask(self.blockers[name])
+        if self.usable.get(name) is True:
+            return 0
+        features = self.qemu_models.get(name, 0)
+        for parent, children in self.dependencies:
+            if not features & parent:
+                features &= ~children
+        return features & ~self.supported
 
     def _reported_host_model(self, cpu: Any) -> Optional[Mask]:
         """virCPUExpandFeatures of the host-model CPU domcapabilities reports, when QEMU gave it

@@ -241,6 +241,7 @@ def expansion_data_from_parts(cpu_map: Mapping[str, Any], virt_type: str, host_m
         "features": list(cpu_map["features"]),
         "msr": _bits_for_facts(cpu_map),
         "models": _models_for_facts(cpu_map),
+        "model_order": list(cpu_map["models"]),
         "qemu": qemu_part,
         "host_model": None if host_model is None else {
             "model": host_model["model"], "vendor": host_model.get("vendor"),

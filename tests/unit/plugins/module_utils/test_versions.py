@@ -274,3 +274,21 @@ def test_maxphysaddr_is_dropped_at_define_before_8_7():
     cpu = {"mode": "host-model", "maxphysaddr": {"mode": "emulate", "bits": 42}}
     assert "maxphysaddr" not in normalize_cpu(cpu, "kvm", (7, 0, 0))
     assert normalize_cpu(cpu, "kvm", (9, 0, 0))["maxphysaddr"] == {"mode": "emulate", "bits": 42}
+
+
+def test_the_decoders_model_order_survives_facts_with_sorted_keys():
+    """Ansible may hand facts back with sorted keys; the decoder walks libvirt's map order."""
+    entry = _entry("11.3.0", "kvm")
+    shuffled = json.loads(json.dumps(entry, sort_keys=True))
+    assert list(shuffled["expansion"]["models"]) != shuffled["expansion"]["model_order"]
+    assert context_for(shuffled).map.model_order == list(_cpu_map("11.3.0")["models"])
+
+
+@pytest.mark.parametrize("version", ["11.3.0", "12.8.0"])
+def test_translation_blockers_are_those_libvirt_reports(version):
+    """hvModel->blockers: domcapabilities' list; QEMU clears features hanging on ones a model lacks."""
+    entry = _entry(version, "kvm")
+    ctx = context_for(entry)
+    for model in entry["modes"]["custom"]["models"]:
+        if model.get("blockers") is not None:
+            assert set(ctx.map.names_of(ctx.allowed[model["name"]])) == set(model["blockers"])
