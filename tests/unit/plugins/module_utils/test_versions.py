@@ -287,8 +287,13 @@ def test_the_decoders_model_order_survives_facts_with_sorted_keys():
 @pytest.mark.parametrize("version", ["11.3.0", "12.8.0"])
 def test_translation_blockers_are_those_libvirt_reports(version):
     """hvModel->blockers: domcapabilities' list; QEMU clears features hanging on ones a model lacks."""
-    entry = _entry(version, "kvm")
-    ctx = context_for(entry)
-    for model in entry["modes"]["custom"]["models"]:
-        if model.get("blockers") is not None:
-            assert set(ctx.map.names_of(ctx.allowed[model["name"]])) == set(model["blockers"])
+    facts = _facts(version)["virt_types"]["kvm"]
+    reported = {model["name"]: model["blockers"] for model in facts["modes"]["custom"]["models"] if model.get("blockers")}
+    assert reported
+    unreported = json.loads(json.dumps(facts))
+    for model in unreported["modes"]["custom"]["models"]:
+        model.pop("blockers", None)
+        model["usable"] = None
+    ctx = context_for(unreported)
+    computed = {name: set(ctx.map.names_of(ctx.allowed[name])) for name in reported}
+    assert computed == {name: set(blockers) for name, blockers in reported.items()}, "as QEMU computes them"
