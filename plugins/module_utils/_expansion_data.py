@@ -65,21 +65,30 @@ MSR_PARENTS = {first: parent for parent, kind, first, _last in DEPENDENCY_GROUPS
 # Features 'max' never turns on by itself although the accelerator may give them
 # (feature_word_info[].no_autoenable_flags); the probe guest asks for them to learn whether it can.
 NO_AUTOENABLE = ("ht", "topoext")
-# Under TCG, 'max' leaves arch-capabilities and the MSR 0x10a bits off although QEMU 10+ gives them
-# when asked (measured on the testbed: QEMU 10.0 and 11.1 do, 7.2 does not); the probe asks for them.
-TCG_LATENT_PARENT = "arch-capabilities"
+# 'max' may leave arch-capabilities and its MSR 0x10a bits off although the accelerator gives them
+# when asked (measured on the testbed: TCG of QEMU 10.0 and 11.1, KVM of QEMU 11.1); the probe asks.
+LATENT_MSR_PARENT = "arch-capabilities"
 PASSTHROUGH_MODES = ("host-passthrough", "maximum")
 
 
 def latent_features(cpu_map: Mapping[str, Any], virt_type: str) -> List[str]:
     """The features the probe guest forces on to learn whether the accelerator gives them although
-    'max' does not turn them on: NO_AUTOENABLE, and under TCG arch-capabilities with its MSR bits."""
+    'max' may not turn them on: NO_AUTOENABLE, arch-capabilities and its MSR bits."""
     names = list(NO_AUTOENABLE)
-    if virt_type == "qemu" and TCG_LATENT_PARENT in cpu_map["bits"]:
-        index = next(first for parent, kind, first, _last in DEPENDENCY_GROUPS if parent == TCG_LATENT_PARENT)
-        names.append(TCG_LATENT_PARENT)
-        names += [name for name in cpu_map["features"] if cpu_map["bits"][name][:2] == ("msr", index)]
+    if LATENT_MSR_PARENT in cpu_map["bits"]:
+        names.append(LATENT_MSR_PARENT)
+        names += msr_features(cpu_map, msr_index_of(LATENT_MSR_PARENT))
     return names
+
+
+def msr_index_of(parent: str) -> int:
+    return next(first for name, kind, first, _last in DEPENDENCY_GROUPS if name == parent and kind == "msr")
+
+
+def msr_features(cpu_map: Mapping[str, Any], index: int, value: Optional[int] = None) -> List[str]:
+    """The map's features of MSR *index* (those whose bit is set in *value*, when given), in map order."""
+    return [name for name in cpu_map["features"] if cpu_map["bits"][name][:2] == ("msr", index)
+            and (value is None or value >> cpu_map["bits"][name][2] & 1)]
 
 
 def _bits_for_facts(cpu_map: Dict[str, Any]) -> Dict[str, List[int]]:

@@ -34,6 +34,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data im
     QEMU_FEATURE_NAMES,
     expansion_data_from_xml,
     latent_features,
+    msr_features,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import LibvirtRules, parse_version
 
@@ -395,6 +396,17 @@ def _add_unannounced_results(qemu: Dict[str, Any], unannounced: Optional[Unannou
         qemu["level_raisers"] = unannounced.raisers
 
 
+def _add_failed_msr_bits(qemu: Dict[str, Any], cpu_map: Mapping[str, Any], failures: Sequence[Mapping[str, Any]]) -> None:
+    """The features of an MSR value KVM refused to write are ones the accelerator gives (QEMU writes only
+    those): supported, with the feature announcing the MSR, though the probe guest had to run without them."""
+    given = []
+    for failure in failures:
+        parent = MSR_PARENTS.get(failure["index"])
+        given += ([parent] if parent else []) + msr_features(cpu_map, failure["index"], int(str(failure["value"]), 16))
+    for key in ("max", "max_migratable"):
+        qemu[key] = sorted(set(qemu[key]) | {name for name in given if name in set(qemu["known"])})
+
+
 def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml: Optional[str] = None,
                                 domcaps_xml: Optional[str] = None, cpu_map_dir: str = CPU_MAP_DIR,
                                 rules: Optional[LibvirtRules] = None) -> Dict[str, Any]:
@@ -426,5 +438,6 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
         _destroy_probe_guest(conn, guest.domain, guest.name)
     _add_unannounced_results(qemu, unannounced)
     qemu["msr_failures"] = guest.msr_failures
+    _add_failed_msr_bits(qemu, cpu_map, guest.msr_failures)
     qemu["version"] = ".".join(str(part) for part in parse_version(conn.getVersion()) or ())
     return expansion_data_from_xml(cpu_map_files, capabilities_xml, domcaps_xml, qemu, rules)
