@@ -7,7 +7,6 @@ Not skippable: without a libvirt daemon (or kvm) the suite fails and says what t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -46,8 +45,10 @@ def facts(conn) -> Dict[str, Any]:
     found = probe(conn, None, False, True)
     if found["expansion_errors"]:
         pytest.fail("cpu_facts could not measure the expansion data: %s" % found["expansion_errors"], pytrace=False)
-    return build_facts(found["capabilities_xml"], found["domcaps"], found["versions"], found["expansions"],
-                       found["verified"], found["expansion_data"])
+    facts = build_facts(found["capabilities_xml"], found["domcaps"], found["versions"], found["expansions"],
+                        found["verified"], found["expansion_data"])
+    facts["unavailable_virt_types"] = found["unavailable"]
+    return facts
 
 
 @pytest.fixture(scope="session")
@@ -56,11 +57,4 @@ def results() -> List[harness.Result]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # pylint: disable=unused-argument
-    if not RESULTS:
-        return
-    text = harness.report(RESULTS)
-    terminalreporter.write_sep("=", "live_cpu accuracy")
-    terminalreporter.write_line(text)
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(text + "\n", encoding="utf-8")
-    terminalreporter.write_line("(also written to %s)" % os.path.relpath(REPORT))
+    harness.write_report(terminalreporter, RESULTS, REPORT, "live_cpu accuracy: predictions vs. guests started on this host")

@@ -51,7 +51,7 @@ def _run_playbook(tmp_path: Path):
 
 
 def _started_for_real(conn, entry) -> harness.Outcome:
-    reaper = harness.Reaper(conn, workers=1)
+    reaper = harness.Reaper(conn, harness.guest_log_dir(), alive=1)
     try:
         return harness.run_real(conn, reaper, entry, "%s%s-qemu-refused" % (harness.PREFIX, harness.run_token()), REFUSED_CPU)
     finally:

@@ -8,9 +8,12 @@
 * ``run_ansible(args)``: ``ansible`` ad hoc against the inventory, its JSON result per host.
 * ``machine_before``: this machine's /dev/ptmx, mount table and system libvirtd as they were
   when the suite started; test_zz_machine.py compares them with the end of the suite.
+* ``accuracy``: what test_accuracy.py measured (tests/accuracy's harness), reported at the end
+  of the session in the terminal summary and in tests/output/accuracy-testbed.txt.
 
-Guests are named ``hostcpu-testbed-<random>-...``; every host is cleared of that prefix at the
-end of the session, whatever happened.
+Guests are named ``hostcpu-testbed-<random>-...`` (``SESSION_PREFIX``); every host is cleared of
+this session's guests at the end, whatever happened. Guests of another session (a run beside this
+one) are left alone.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import re
 import secrets
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
 
 import libvirt
+
+from ansible_collections.hostcpu.libvirt.tests.accuracy import harness
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTIONS = ROOT / ".collections"
@@ -36,6 +41,7 @@ INVENTORY = Path(os.environ.get("TESTBED_INVENTORY",
                                              "testbed", "inventory.ini")))
 PREFIX = "hostcpu-testbed-"
 RUN_TOKEN = secrets.token_hex(3)
+SESSION_PREFIX = "%s%s-" % (PREFIX, RUN_TOKEN)
 LOCAL_URI = "qemu:///system"
 
 
@@ -91,7 +97,7 @@ HOSTS = read_inventory(INVENTORY)
 
 
 def guest_name(label: str) -> str:
-    return "%s%s-%s" % (PREFIX, RUN_TOKEN, label)
+    return SESSION_PREFIX + label
 
 
 def guest_xml(name: str, virt_type: str, machine: str, memory_mib: int = 64) -> str:
@@ -110,9 +116,9 @@ def guest_xml(name: str, virt_type: str, machine: str, memory_mib: int = 64) -> 
 
 
 def remove_guests(conn: Any) -> None:
-    """Destroy and undefine every guest of this suite's prefix on *conn*; nothing else."""
+    """Destroy and undefine every guest of this session on *conn*; nothing else."""
     for dom in conn.listAllDomains():
-        if not dom.name().startswith(PREFIX):
+        if not dom.name().startswith(SESSION_PREFIX):
             continue
         try:
             if dom.isActive():
@@ -227,3 +233,29 @@ def machine_state() -> Dict[str, Any]:
 @pytest.fixture(scope="session", autouse=True)
 def machine_before() -> Dict[str, Any]:
     return machine_state()
+
+
+# --- the accuracy matrix on every host (test_accuracy.py) ---------------------------------------
+
+ACCURACY_REPORT = ROOT / "tests" / "output" / "accuracy-testbed.txt"
+ACCURACY_TITLE = "live_cpu accuracy on the testbed: predictions from each host's cpu_facts vs. guests started there"
+
+
+@dataclass
+class AccuracyRun:
+    """The results of every host and virt type, and what cpu_facts warned of on each host."""
+    results: List[harness.Result] = field(default_factory=list)
+    notes: Dict[str, List[str]] = field(default_factory=dict)
+
+
+ACCURACY = AccuracyRun()
+
+
+@pytest.fixture(scope="session")
+def accuracy() -> AccuracyRun:
+    return ACCURACY
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # pylint: disable=unused-argument
+    notes = ["%s: %s" % (host, note) for host, host_notes in ACCURACY.notes.items() for note in host_notes]
+    harness.write_report(terminalreporter, ACCURACY.results, ACCURACY_REPORT, ACCURACY_TITLE, notes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import stat
 
-from conftest import HOSTS, LOCAL_URI, PREFIX, machine_state
+from conftest import HOSTS, LOCAL_URI, SESSION_PREFIX, machine_state
 
 import libvirt
 
@@ -41,6 +41,6 @@ def test_no_mount_of_a_host_in_the_machines_table():
 def test_no_guest_of_the_suite_left_on_this_machine():
     conn = libvirt.open(LOCAL_URI)
     try:
-        assert [dom.name() for dom in conn.listAllDomains() if dom.name().startswith(PREFIX)] == []
+        assert [dom.name() for dom in conn.listAllDomains() if dom.name().startswith(SESSION_PREFIX)] == []
     finally:
         conn.close()
