@@ -507,5 +507,3 @@ def features_from_mapping(features: Union[List[Any], Dict[str, str], None]) -> O
             raise CPUDefinitionError("each feature needs a name: give {name, policy}, a {name: policy} mapping or bare "
                                      "names, got %r" % (feature,))
     return result
-
-

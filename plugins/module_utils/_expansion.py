@@ -102,6 +102,7 @@ class Context:
         self.unannounced_msrs = [(int(failure["index"]), int(failure["leaf"])) for failure in qemu.get("msr_unannounced_failures") or ()]
         self.levels = {name: int(level) for name, level in required_mapping(qemu.get("levels") or {}, "qemu.levels").items()}
         self.qemu_rules = qemu_rules_for(qemu.get("version"))
+        self.latent = from_hex(qemu.get("latent") or "", "qemu.latent")
         self.qemu_vendors = dict(required_mapping(qemu.get("vendors") or {}, "qemu.vendors"))
         self.level_raisers = [(int(level), from_hex(mask, "qemu.level_raisers")) for level, mask in qemu.get("level_raisers") or ()]
         self.host_model = self._host_model(data.get("host_model"))
@@ -457,7 +458,7 @@ def filter_for_qemu(ctx: Context, cpu: GuestCPU) -> None:
 
 def _qemu_base(ctx: Context, cpu: GuestCPU) -> Mask:
     if cpu.mode in PASSTHROUGH_MODES:
-        return ctx.migratable if cpu.rest.get("migratable", True) else ctx.supported
+        return (ctx.migratable if cpu.rest.get("migratable", True) else ctx.supported) & ~ctx.latent
     if cpu.model not in ctx.qemu_models:
         raise ExpansionDataError("the expansion data has no QEMU expansion of model '%s'; gather the facts again"
                                  % cpu.model)

@@ -215,6 +215,8 @@ def _qemu_for_facts(qemu: Mapping[str, Any], index: Mapping[str, int], cpu_map: 
         result["vendors"] = dict(sorted(qemu["vendors"].items()))
     if qemu.get("version"):
         result["version"] = str(qemu["version"])
+    if qemu.get("latent"):
+        result["latent"] = to_hex(mask_of(qemu["latent"], index))
     if qemu.get("msr_unannounced_failures"):
         result.update(_cpuid_level_data(qemu, index))
     return result

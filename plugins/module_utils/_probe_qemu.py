@@ -32,13 +32,16 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data im
     NO_AUTOENABLE,
     PASSTHROUGH_MODES,
     QEMU_FEATURE_NAMES,
+    LATENT_MSR_PARENT,
     expansion_data_from_xml,
     latent_features,
     msr_features,
+    msr_index_of,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import LibvirtRules, parse_version
 
 
+MSR_INDEX_OF_LATENT = msr_index_of(LATENT_MSR_PARENT)
 # QEMU's message when KVM refuses an MSR value; the fix names the feature announcing the MSR.
 MSR_FAILURE = re.compile(r"failed to set MSR (0x[0-9a-fA-F]+) to (0x[0-9a-fA-F]+)")
 PROBE_NAME_PREFIX = "hostcpu-probe-"
@@ -396,15 +399,36 @@ def _add_unannounced_results(qemu: Dict[str, Any], unannounced: Optional[Unannou
         qemu["level_raisers"] = unannounced.raisers
 
 
-def _add_failed_msr_bits(qemu: Dict[str, Any], cpu_map: Mapping[str, Any], failures: Sequence[Mapping[str, Any]]) -> None:
+def _add_failed_msr_bits(qemu: Dict[str, Any], cpu_map: Mapping[str, Any], failures: Sequence[Mapping[str, Any]],
+                         latent: Sequence[str]) -> None:
     """The features of an MSR value KVM refused to write are ones the accelerator gives (QEMU writes only
-    those): supported, with the feature announcing the MSR, though the probe guest had to run without them."""
+    those): supported, with the feature announcing the MSR, though the probe guest had to run without them;
+    also in what 'max' enables unless it leaves them off (*latent*)."""
     given = []
     for failure in failures:
         parent = MSR_PARENTS.get(failure["index"])
         given += ([parent] if parent else []) + msr_features(cpu_map, failure["index"], int(str(failure["value"]), 16))
-    for key in ("max", "max_migratable"):
-        qemu[key] = sorted(set(qemu[key]) | {name for name in given if name in set(qemu["known"])})
+    given = [name for name in given if name in set(qemu["known"])]
+    qemu["max"] = sorted(set(qemu["max"]) | set(given))
+    qemu["max_migratable"] = sorted(set(qemu["max_migratable"]) | (set(given) - set(latent)))
+
+
+def _auto_enabled(domain, entry: Mapping[str, Any], known: Iterable[str]) -> Optional[List[str]]:
+    """Under an accelerator, what its largest CPU turns on by itself, read from the CPU type the probe
+    guest's -cpu did not colour with global properties ('host' when it ran 'max', and the other way)."""
+    mode = largest_cpu_mode(entry)
+    if entry.get("domain_type") == "qemu" or mode is None:
+        return None
+    clean = "host" if mode == "maximum" else "max"
+    return _enabled(_expansion(domain, clean, {"migratable": False}), known)
+
+
+def _latent(cpu_map: Mapping[str, Any], given: Sequence[str], auto_enabled: Optional[Sequence[str]]) -> List[str]:
+    """The arch-capabilities features the accelerator gives but its largest CPU leaves off (QEMU 11.1 under KVM)."""
+    if auto_enabled is None or LATENT_MSR_PARENT not in cpu_map["bits"]:
+        return []
+    family = [LATENT_MSR_PARENT] + msr_features(cpu_map, MSR_INDEX_OF_LATENT)
+    return [name for name in family if name in set(given) and name not in set(auto_enabled)]
 
 
 def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml: Optional[str] = None,
@@ -433,11 +457,15 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
     try:
         qemu = probe_qemu(guest.domain, cpu_map["features"], cpu_map["models"], guest.unavailable, guest.max_overrides,
                           forced=forced)
+        auto_enabled = _auto_enabled(guest.domain, entry, qemu["known"]) if guest.largest else None
         unannounced = _start_unannounced_msr_probes(conn, entry, token, guest, cpu_map, qemu)
     finally:
         _destroy_probe_guest(conn, guest.domain, guest.name)
     _add_unannounced_results(qemu, unannounced)
     qemu["msr_failures"] = guest.msr_failures
-    _add_failed_msr_bits(qemu, cpu_map, guest.msr_failures)
+    failed_bits = [name for failure in guest.msr_failures
+                   for name in msr_features(cpu_map, failure["index"], int(str(failure["value"]), 16))]
+    qemu["latent"] = _latent(cpu_map, sorted(set(qemu["max"]) | set(failed_bits) | {LATENT_MSR_PARENT}), auto_enabled)
+    _add_failed_msr_bits(qemu, cpu_map, guest.msr_failures, qemu["latent"])
     qemu["version"] = ".".join(str(part) for part in parse_version(conn.getVersion()) or ())
     return expansion_data_from_xml(cpu_map_files, capabilities_xml, domcaps_xml, qemu, rules)
