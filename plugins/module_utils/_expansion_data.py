@@ -73,9 +73,10 @@ PASSTHROUGH_MODES = ("host-passthrough", "maximum")
 
 def latent_features(cpu_map: Mapping[str, Any], virt_type: str) -> List[str]:
     """The features the probe guest forces on to learn whether the accelerator gives them although
-    'max' may not turn them on: NO_AUTOENABLE, arch-capabilities and its MSR bits."""
+    'max' does not turn them on: NO_AUTOENABLE, and under TCG arch-capabilities and its MSR bits (under
+    KVM 'max' turns those on where it can write them; where it does not, a guest of their own asks)."""
     names = list(NO_AUTOENABLE)
-    if LATENT_MSR_PARENT in cpu_map["bits"]:
+    if virt_type == "qemu" and LATENT_MSR_PARENT in cpu_map["bits"]:
         names.append(LATENT_MSR_PARENT)
         names += msr_features(cpu_map, msr_index_of(LATENT_MSR_PARENT))
     return names

@@ -399,36 +399,53 @@ def _add_unannounced_results(qemu: Dict[str, Any], unannounced: Optional[Unannou
         qemu["level_raisers"] = unannounced.raisers
 
 
-def _add_failed_msr_bits(qemu: Dict[str, Any], cpu_map: Mapping[str, Any], failures: Sequence[Mapping[str, Any]],
-                         latent: Sequence[str]) -> None:
-    """The features of an MSR value KVM refused to write are ones the accelerator gives (QEMU writes only
-    those): supported, with the feature announcing the MSR, though the probe guest had to run without them;
-    also in what 'max' enables unless it leaves them off (*latent*)."""
+def _add_failed_msr_bits(qemu: Dict[str, Any], cpu_map: Mapping[str, Any], failures: Sequence[Mapping[str, Any]]) -> None:
+    """The features of an MSR value KVM refused to write for the largest CPU are ones it turns on by itself
+    (QEMU writes only those): supported, with the feature announcing the MSR, though the probe guest had
+    to run without them."""
     given = []
     for failure in failures:
         parent = MSR_PARENTS.get(failure["index"])
         given += ([parent] if parent else []) + msr_features(cpu_map, failure["index"], int(str(failure["value"]), 16))
     given = [name for name in given if name in set(qemu["known"])]
     qemu["max"] = sorted(set(qemu["max"]) | set(given))
-    qemu["max_migratable"] = sorted(set(qemu["max_migratable"]) | (set(given) - set(latent)))
+    qemu["max_migratable"] = sorted(set(qemu["max_migratable"]) | set(given))
 
 
-def _auto_enabled(domain, entry: Mapping[str, Any], known: Iterable[str]) -> Optional[List[str]]:
-    """Under an accelerator, what its largest CPU turns on by itself, read from the CPU type the probe
-    guest's -cpu did not colour with global properties ('host' when it ran 'max', and the other way)."""
-    mode = largest_cpu_mode(entry)
-    if entry.get("domain_type") == "qemu" or mode is None:
-        return None
-    clean = "host" if mode == "maximum" else "max"
-    return _enabled(_expansion(domain, clean, {"migratable": False}), known)
+def _latent_probe_cpu_xml(names: Sequence[str]) -> str:
+    return ("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>%s</cpu>"
+            % "".join("<feature policy='require' name='%s'/>" % name for name in names))
 
 
-def _latent(cpu_map: Mapping[str, Any], given: Sequence[str], auto_enabled: Optional[Sequence[str]]) -> List[str]:
-    """The arch-capabilities features the accelerator gives but its largest CPU leaves off (QEMU 11.1 under KVM)."""
-    if auto_enabled is None or LATENT_MSR_PARENT not in cpu_map["bits"]:
-        return []
-    family = [LATENT_MSR_PARENT] + msr_features(cpu_map, MSR_INDEX_OF_LATENT)
-    return [name for name in family if name in set(given) and name not in set(auto_enabled)]
+def _probe_latent_msr(conn, entry: Mapping[str, Any], token: str, cpu_map: Mapping[str, Any],
+                      qemu: Mapping[str, Any]) -> Tuple[List[str], Optional[Dict[str, Any]]]:
+    """Under an accelerator whose largest CPU leaves arch-capabilities off (QEMU 11.1's KVM), whether it
+    gives it and its MSR bits anyway: a guest asks for all of them. Returns what it gives and, when KVM
+    refused the MSR value, that failure (QEMU wrote exactly the bits it gives)."""
+    known = set(qemu["known"])
+    if entry.get("domain_type") == "qemu" or LATENT_MSR_PARENT not in known or LATENT_MSR_PARENT in qemu["max"]:
+        return [], None
+    family = [LATENT_MSR_PARENT] + [name for name in msr_features(cpu_map, MSR_INDEX_OF_LATENT) if name in known]
+    domain, name, error = _create_probe_guest(conn, entry, token, "latent", cpu_xml=_latent_probe_cpu_xml(family))
+    if domain is None:
+        failure = _msr_failure(error)
+        if failure is None or failure["index"] != MSR_INDEX_OF_LATENT:
+            return [], None
+        return [LATENT_MSR_PARENT] + msr_features(cpu_map, failure["index"], int(str(failure["value"]), 16)), failure
+    try:
+        unavailable = set(_unavailable_features(domain))
+    finally:
+        _destroy_probe_guest(conn, domain, name)
+    return [feature for feature in family if feature not in unavailable], None
+
+
+def _add_latent(qemu: Dict[str, Any], given: Sequence[str], failure: Optional[Dict[str, Any]]) -> None:
+    """Features the accelerator gives that its largest CPU leaves off: supported, but not in what
+    host-passthrough and maximum turn on (``latent``)."""
+    qemu["latent"] = [name for name in given if name in set(qemu["known"])]
+    qemu["max"] = sorted(set(qemu["max"]) | set(qemu["latent"]))
+    if failure is not None:
+        qemu["msr_failures"] = list(qemu["msr_failures"]) + [failure]
 
 
 def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml: Optional[str] = None,
@@ -457,15 +474,13 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
     try:
         qemu = probe_qemu(guest.domain, cpu_map["features"], cpu_map["models"], guest.unavailable, guest.max_overrides,
                           forced=forced)
-        auto_enabled = _auto_enabled(guest.domain, entry, qemu["known"]) if guest.largest else None
         unannounced = _start_unannounced_msr_probes(conn, entry, token, guest, cpu_map, qemu)
     finally:
         _destroy_probe_guest(conn, guest.domain, guest.name)
     _add_unannounced_results(qemu, unannounced)
     qemu["msr_failures"] = guest.msr_failures
-    failed_bits = [name for failure in guest.msr_failures
-                   for name in msr_features(cpu_map, failure["index"], int(str(failure["value"]), 16))]
-    qemu["latent"] = _latent(cpu_map, sorted(set(qemu["max"]) | set(failed_bits) | {LATENT_MSR_PARENT}), auto_enabled)
-    _add_failed_msr_bits(qemu, cpu_map, guest.msr_failures, qemu["latent"])
+    _add_failed_msr_bits(qemu, cpu_map, guest.msr_failures)
+    if guest.largest and not guest.msr_failures:
+        _add_latent(qemu, *_probe_latent_msr(conn, entry, token, cpu_map, qemu))
     qemu["version"] = ".".join(str(part) for part in parse_version(conn.getVersion()) or ())
     return expansion_data_from_xml(cpu_map_files, capabilities_xml, domcaps_xml, qemu, rules)
