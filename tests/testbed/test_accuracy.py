@@ -10,13 +10,11 @@ facts. Model names a host's libvirt or QEMU does not know stay cases: the expect
 refusal libvirt gives there. The figures per host and virt type end up in the terminal summary
 and in tests/output/accuracy-testbed.txt.
 
-Gated by HOSTCPU_TESTBED_ACCURACY=1 until the prediction is right on every host (libvirt 11.3 and
-12.8 facts carry no expansion data yet): without it, the tests are skipped and say so.
+Every host and virt type must predict every case exactly (refusals with libvirt's reason).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict
 
 import pytest
@@ -25,12 +23,9 @@ from ansible_collections.hostcpu.libvirt.tests.accuracy import harness
 
 from conftest import HOSTS, AccuracyRun, Host, guest_name
 
-GATE = "HOSTCPU_TESTBED_ACCURACY"
 VIRT_TYPES = ("kvm", "qemu")
 ALIVE_GUESTS_PER_HOST = 2
 
-pytestmark = pytest.mark.skipif(os.environ.get(GATE) != "1",
-                                reason="the testbed accuracy matrix runs with %s=1 (not every host predicts right yet)" % GATE)
 
 
 def host_facts(cpu_facts_results: Dict[str, Dict[str, Any]], host: Host, accuracy: AccuracyRun) -> Dict[str, Any]:
