@@ -27,7 +27,6 @@ VIRT_TYPES = ("kvm", "qemu")
 ALIVE_GUESTS_PER_HOST = 2
 
 
-
 def host_facts(cpu_facts_results: Dict[str, Dict[str, Any]], host: Host, accuracy: AccuracyRun) -> Dict[str, Any]:
     """ansible_facts.hostcpu of *host* as cpu_facts returned them; its warnings go into the report."""
     result = cpu_facts_results[host.name]
