@@ -642,7 +642,7 @@ def fleet_baseline(records: Sequence[HostRecord], check: str = "full", model: Op
     common = frozenset.intersection(*(host.view.features for host in hosts))
     if model is not None:
         if not isinstance(model, str) or not maps.has_model(model):
-            raise FleetError("model '%s' is not in the CPU map of every host's libvirt; use one of: %s"
+            raise FleetError("model '%s' is not in libvirt's CPU map of every host; use one of: %s"
                              % (model, ", ".join(name for name in cpu_map.model_order if maps.has_model(name))))
         candidates = [model]
     else:

@@ -335,7 +335,7 @@ def test_bad_check(fleet, check, message):
 
 
 def test_unknown_model(fleet):
-    with pytest.raises(FleetError, match="model 'Zen9' is not in the CPU map of every host's libvirt; use one of: 486, pentium"):
+    with pytest.raises(FleetError, match="model 'Zen9' is not in libvirt's CPU map of every host; use one of: 486, pentium"):
         fleet_baseline(fleet, model="Zen9")
 
 

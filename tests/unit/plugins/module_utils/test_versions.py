@@ -244,7 +244,7 @@ def test_the_fleet_cpu_of_every_version_is_one_live_cpu_everywhere_whatever_the_
 def test_a_model_only_newer_maps_have_is_refused_for_a_mixed_fleet_naming_the_models_to_use():
     newer_only = sorted(set(_cpu_map("12.8.0")["models"]) - set(_cpu_map("7.0.0")["models"]))
     hosts = [{"name": version, "facts": _facts(version), "virt_type": "qemu"} for version in ("7.0.0", "12.8.0")]
-    with pytest.raises(FleetError, match="model '%s' is not in the CPU map of every host's libvirt; use one of: 486, "
+    with pytest.raises(FleetError, match="model '%s' is not in libvirt's CPU map of every host; use one of: 486, "
                        % newer_only[0]):
         fleet_baseline(host_records(hosts), model=newer_only[0])
 
