@@ -190,8 +190,8 @@ testbed-stop:
 
 # tests/testbed against the four hosts: Ansible over SSH, cpu_facts, paused guests, live
 # migration between every neighbour, a libvirtd restart, and this machine left as it was.
-# HOSTCPU_TESTBED_ACCURACY=1 adds the accuracy matrix (tests/accuracy) on every host and virt type,
-# predicted from each host's cpu_facts (about 16 minutes); figures in tests/output/accuracy-testbed.txt.
+# Also the accuracy matrix (tests/accuracy) on every host and virt type, predicted from each host's
+# cpu_facts (about 17 of its minutes); figures in tests/output/accuracy-testbed.txt.
 testbed-test: venv testbed
 	TESTBED_INVENTORY=$(TESTBED_INVENTORY) $(PYTEST) tests/testbed
 
