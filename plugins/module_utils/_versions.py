@@ -80,11 +80,11 @@ _LIBVIRT_7_0 = LibvirtRules(
 )
 # NEWS 7.1.0: "Introduce maximum CPU mode" (7.0 refuses "Invalid mode attribute 'maximum'").
 _LIBVIRT_7_1 = _changed(_LIBVIRT_7_0, (7, 1, 0), modes=_LIBVIRT_7_0.modes + ("maximum",))
+# NEWS 7.2.0: "Check host CPU for forbidden features" (virCPUCheckForbiddenFeatures before start).
+_LIBVIRT_7_2 = _changed(_LIBVIRT_7_1, (7, 2, 0), checks_forbidden_features=True)
 # cpu_x86 "Penalize disabled features when computing CPU model" (libvirt 8.3.0): 7.0 lacks it, 9.0
 # has it (conformance: libvirt 7.0's test data agrees only with the plain count).
-# virCPUCheckForbiddenFeatures before the start: 7.0 lacks it, 9.0 has it; placed with the decoder
-# change of the same CPU work (8.3.0), not measured in between.
-_LIBVIRT_8_3 = _changed(_LIBVIRT_7_1, (8, 3, 0), decode_penalizes_disabled=True, checks_forbidden_features=True)
+_LIBVIRT_8_3 = _changed(_LIBVIRT_7_2, (8, 3, 0), decode_penalizes_disabled=True)
 # NEWS 8.7.0: <maxphysaddr>.
 _LIBVIRT_8_7 = _changed(_LIBVIRT_8_3, (8, 7, 0), maxphysaddr=True)
 # NEWS 10.1.0: CPU clusters in <topology>.
@@ -109,8 +109,8 @@ _LIBVIRT_10_10 = _changed(
 # virQEMUCapsCPUFilterFeatures; versions 12.0-12.7 were not measured.
 _LIBVIRT_12_8 = _changed(_LIBVIRT_10_10, (12, 8, 0), ignored_features=_LIBVIRT_10_10.ignored_features | {"cmp_legacy", "ht"})
 
-RULES: Tuple[LibvirtRules, ...] = (_LIBVIRT_7_0, _LIBVIRT_7_1, _LIBVIRT_8_3, _LIBVIRT_8_7, _LIBVIRT_10_1, _LIBVIRT_10_5,
-                                   _LIBVIRT_10_10, _LIBVIRT_12_8)
+RULES: Tuple[LibvirtRules, ...] = (_LIBVIRT_7_0, _LIBVIRT_7_1, _LIBVIRT_7_2, _LIBVIRT_8_3, _LIBVIRT_8_7, _LIBVIRT_10_1,
+                                   _LIBVIRT_10_5, _LIBVIRT_10_10, _LIBVIRT_12_8)
 OLDEST_SUPPORTED: Version = RULES[0].since
 # The newest libvirt whose rules were measured; newer ones get these rules and a warning.
 NEWEST_KNOWN: Version = (12, 8, 0)

@@ -297,3 +297,8 @@ def test_translation_blockers_are_those_libvirt_reports(version):
     ctx = context_for(unreported)
     computed = {name: set(ctx.map.names_of(ctx.allowed[name])) for name in reported}
     assert computed == {name: set(blockers) for name, blockers in reported.items()}, "as QEMU computes them"
+
+
+@pytest.mark.parametrize("version, checks", [("7.0.0", False), ("7.1.0", False), ("7.2.0", True), ("9.0.0", True)])
+def test_the_forbidden_feature_check_before_start_exists_from_7_2(version, checks):
+    assert rules_for(version).checks_forbidden_features is checks
