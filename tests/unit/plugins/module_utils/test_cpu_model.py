@@ -179,4 +179,3 @@ def test_maxphysaddr_passthrough_takes_no_bits():
 def test_validation_messages(cpu, message):
     with pytest.raises(CPUDefinitionError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate_cpu(cpu)
-
