@@ -147,22 +147,30 @@ def _start_probe_guest(conn, entry: Mapping[str, Any], token: str, forced: Seque
     (``latent_features``) on: its unavailable-features tell which of those the accelerator lacks. When QEMU dies
     writing an MSR, that is recorded as an MSR failure and the start is retried with the feature
     announcing the MSR disabled (the -cpu option becomes a global property of 'max', which the
-    expansions override). Without maximum, a qemu64 guest answers the NO_AUTOENABLE question and a
-    guest without -cpu option (nothing colours the expansions) serves QMP.
+    expansions override). A start that fails otherwise is tried once more (QEMU can vanish at start
+    on a loaded host), then the data cannot be measured. Without a largest CPU (TCG of libvirt 7.0),
+    a qemu64 guest answers the NO_AUTOENABLE question and a guest without -cpu option (nothing
+    colours the expansions) serves QMP.
     """
     failures: List[Dict[str, Any]] = []
     errors: List[str] = []
     disabled: List[str] = []
     if largest_cpu_mode(entry):
-        for _attempt in range(3):
+        retried = False
+        for _attempt in range(4):
             domain, name, error = _create_probe_guest(conn, entry, token, "max", disabled, forced=forced)
             if domain is not None:
                 return _probe_from(conn, domain, name, failures, {parent: True for parent in disabled})
             errors.append(error or "")
             failure = _msr_failure(error)
+            if failure is None and not retried:
+                retried = True  # QEMU may vanish at start on a loaded host; once more before giving up
+                continue
             parent = MSR_PARENTS.get(failure["index"]) if failure else None
             if failure is None or parent is None or parent in disabled:
-                break
+                raise ExpansionDataError("the largest CPU (%s) of virt type '%s' does not start, so what QEMU can give "
+                                         "cannot be measured: %s" % (largest_cpu_mode(entry), entry["domain_type"],
+                                                                     error or "no error from libvirt"))
             failures.append(failure)
             disabled.append(parent)
     domain, name, error = _create_probe_guest(conn, entry, token, "detect", forced=forced)
