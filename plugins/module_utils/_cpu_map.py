@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import ExpansionDataError, GuestWouldNotStart
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import LibvirtRules, rules_for
@@ -182,6 +182,16 @@ def read_cpu_map_files(directory: str = CPU_MAP_DIR, arch: str = "x86", rules: O
         raise ExpansionDataError("cannot read libvirt's CPU map in %s: %s; is libvirt installed on this host?"
                                  % (directory, exc.strerror or exc)) from None
     return files
+
+
+def apply_policies(mask: Mask, policies: Iterable[Tuple[str, str]], bit: Callable[[str], Mask]) -> Mask:
+    """x86ModelFromCPU(cpu, -1): *mask* (a model's features) + force/require - disable/forbid features."""
+    for name, policy in policies:
+        if policy in ENABLING:
+            mask |= bit(name)
+        elif policy in DISABLING:
+            mask &= ~bit(name)
+    return mask
 
 
 class Decoded(NamedTuple):

@@ -50,6 +50,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import (
     cpu_map_of,
     decode,
     from_hex,
+    apply_policies,
     required_mapping,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
@@ -144,13 +145,8 @@ class Context:
         model = self.map.models.get(cpu["model"].get("name"))
         if model is None:
             return None
-        mask = model.mask
-        for feature in cpu.get("features") or ():
-            if (feature.get("policy") or "require") in ENABLING:
-                mask |= self.map.bit(feature["name"])
-            elif feature.get("policy") in DISABLING:
-                mask &= ~self.map.bit(feature["name"])
-        return mask
+        policies = ((feature["name"], feature.get("policy") or "require") for feature in cpu.get("features") or ())
+        return apply_policies(model.mask, policies, self.map.bit)
 
     @staticmethod
     def _host_model(value: Any) -> Optional[Tuple[str, Optional[str], Tuple[Tuple[str, str], ...]]]:
@@ -248,13 +244,7 @@ class GuestCPU:
 
     def data(self, ctx: Context) -> Mask:
         """x86ModelFromCPU(cpu, -1): model features + force/require - disable/forbid."""
-        mask = ctx.model_mask(self.model) if self.model else 0
-        for name, policy in self.features.items():
-            if policy in ENABLING:
-                mask |= ctx.map.bit(name)
-            elif policy in DISABLING:
-                mask &= ~ctx.map.bit(name)
-        return mask
+        return apply_policies(ctx.model_mask(self.model) if self.model else 0, self.features.items(), ctx.map.bit)
 
     def as_dict(self) -> CPUDict:
         cpu: CPUDict = {"mode": self.mode}
@@ -377,13 +367,7 @@ def compare_whole_model(ctx: Context, cpu: GuestCPU) -> None:
 
 def _host_model_data(ctx: Context) -> Mask:
     model, _vendor, features = ctx.host_model
-    mask = ctx.model_mask(model)
-    for name, policy in features:
-        if policy in ENABLING:
-            mask |= ctx.map.bit(name)
-        elif policy in DISABLING:
-            mask &= ~ctx.map.bit(name)
-    return mask
+    return apply_policies(ctx.model_mask(model), features, ctx.map.bit)
 
 
 def _copy_host_model(ctx: Context, cpu: GuestCPU) -> None:

@@ -19,8 +19,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import (
     CPUMap,
     DISABLING,
-    ENABLING,
     Mask,
+    apply_policies,
     cpu_map_from_xml,
     decode,
     int_or_zero,
@@ -152,13 +152,8 @@ def _host_model_of(domcaps_root) -> Optional[Dict[str, Any]]:
 
 def _cpu_data(model: str, features: Iterable[Sequence[str]], cpu_map: Dict[str, Any], index: Mapping[str, int]) -> Mask:
     """x86ModelFromCPU(cpu, -1): the model's features plus required minus disabled ones."""
-    mask = cpu_map["models"][model]["mask"] if model in cpu_map["models"] else 0
-    for name, policy in features:
-        if policy in ENABLING:
-            mask |= mask_of([name], index)
-        elif policy in DISABLING:
-            mask &= ~mask_of([name], index)
-    return mask
+    model_mask = cpu_map["models"][model]["mask"] if model in cpu_map["models"] else 0
+    return apply_policies(model_mask, ((name, policy) for name, policy in features), lambda name: mask_of([name], index))
 
 
 def _full_host(virt_type: str, host_model: Dict[str, Any], caps_root, cpu_map: Dict[str, Any],
