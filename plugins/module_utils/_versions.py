@@ -135,11 +135,18 @@ QEMU_RULES: Tuple[QemuRules, ...] = (_QEMU_5_2, _QEMU_10_0)
 
 def qemu_rules_for(version: Union[str, int, Tuple[int, ...], None]) -> QemuRules:
     """The rules of QEMU *version* (libvirt's hypervisor version); unknown: the newest."""
-    parsed = parse_version(version) if not isinstance(version, tuple) else tuple(version)[:3]
-    if parsed is None:
-        return QEMU_RULES[-1]
-    chosen = QEMU_RULES[0]
-    for row in QEMU_RULES:
+    parsed = _parsed(version)
+    return QEMU_RULES[-1] if parsed is None else _row_for(QEMU_RULES, parsed)
+
+
+def _parsed(version: Union[str, int, Tuple[int, ...], None]) -> Optional[Tuple[int, ...]]:
+    return parse_version(version) if not isinstance(version, tuple) else tuple(version)[:3]
+
+
+def _row_for(rows, parsed: Tuple[int, ...]):
+    """The last row whose ``since`` is not newer than *parsed* (the first row for anything older)."""
+    chosen = rows[0]
+    for row in rows:
         if row.since <= parsed:
             chosen = row
     return chosen
@@ -163,18 +170,14 @@ def _text(version: Version) -> str:
 
 def rules_for(version: Union[str, int, Tuple[int, ...], None]) -> LibvirtRules:
     """The rules of libvirt *version*; facts without a version get the newest rules."""
-    parsed = parse_version(version) if not isinstance(version, tuple) else tuple(version)[:3]
+    parsed = _parsed(version)
     if parsed is None:
         return RULES[-1]
     if parsed < OLDEST_SUPPORTED:
         raise UnsupportedLibvirtVersion(
             "libvirt %s is older than %s, the oldest version hostcpu.libvirt knows the CPU rules of; upgrade "
             "libvirt on that host" % (_text(parsed), _text(OLDEST_SUPPORTED)))
-    chosen = RULES[0]
-    for row in RULES:
-        if row.since <= parsed:
-            chosen = row
-    return chosen
+    return _row_for(RULES, parsed)
 
 
 def version_warning(version: Union[str, int, None]) -> Optional[str]:
