@@ -407,19 +407,6 @@ def _add_unannounced_results(qemu: Dict[str, Any], unannounced: Optional[Unannou
         qemu["level_raisers"] = unannounced.raisers
 
 
-def _add_failed_msr_bits(qemu: Dict[str, Any], cpu_map: Mapping[str, Any], failures: Sequence[Mapping[str, Any]]) -> None:
-    """The features of an MSR value KVM refused to write for the largest CPU are ones it turns on by itself
-    (QEMU writes only those): supported, with the feature announcing the MSR, though the probe guest had
-    to run without them."""
-    given = []
-    for failure in failures:
-        parent = MSR_PARENTS.get(failure["index"])
-        given += ([parent] if parent else []) + msr_features(cpu_map, failure["index"], int(str(failure["value"]), 16))
-    given = [name for name in given if name in set(qemu["known"])]
-    qemu["max"] = sorted(set(qemu["max"]) | set(given))
-    qemu["max_migratable"] = sorted(set(qemu["max_migratable"]) | set(given))
-
-
 def _latent_probe_cpu_xml(names: Sequence[str]) -> str:
     return ("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model>%s</cpu>"
             % "".join("<feature policy='require' name='%s'/>" % name for name in names))
@@ -487,7 +474,6 @@ def expansion_data_from_libvirt(conn, entry: Mapping[str, Any], capabilities_xml
         _destroy_probe_guest(conn, guest.domain, guest.name)
     _add_unannounced_results(qemu, unannounced)
     qemu["msr_failures"] = guest.msr_failures
-    _add_failed_msr_bits(qemu, cpu_map, guest.msr_failures)
     if guest.largest and not guest.msr_failures:
         _add_latent(qemu, *_probe_latent_msr(conn, entry, token, cpu_map, qemu))
     qemu["version"] = ".".join(str(part) for part in parse_version(conn.getVersion()) or ())
