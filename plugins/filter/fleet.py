@@ -1,6 +1,7 @@
 # Copyright: hostcpu.libvirt contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Fleet filters: fleet_baseline, cpu_blockers, fleet_compatibility (documentation in the .yml beside this file)."""
+"""Fleet filters: fleet_baseline, cpu_blockers, fleet_compatibility, migration_blockers, fleet_machine
+(documentation in the .yml beside this file)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._baseline import (
     select_entry,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._machines import fleet_machine as _fleet_machine
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._migration import verdict_from_facts
 
 
 def fleet_baseline(hosts: Any, virt_type: Optional[str] = None, check: str = "full", model: Optional[str] = None) -> Dict[str, Any]:
@@ -52,6 +55,23 @@ def fleet_compatibility(hosts: Any, guests: Optional[List[Any]] = None, baseline
         raise AnsibleFilterError("fleet_compatibility: %s" % exc) from None
 
 
+def migration_blockers(live_cpu: Any, dest_facts: Any, virt_type: Optional[str] = None, source: Any = None,
+                       machine: Optional[str] = None) -> List[str]:
+    """Why a guest running *live_cpu* would not migrate live to that host keeping its CPU; [] when it would."""
+    try:
+        return list(verdict_from_facts(live_cpu, dest_facts, virt_type, source, machine)["blockers"])
+    except CPUError as exc:
+        raise AnsibleFilterError("migration_blockers: %s" % exc) from None
+
+
+def fleet_machine(hosts: Any, family: Optional[str] = None, virt_type: Optional[str] = None) -> Any:
+    """The newest machine type of each family (or of *family*) that every host's QEMU offers."""
+    try:
+        return _fleet_machine([(record.name, record.entry) for record in host_records(hosts, virt_type)], family)
+    except CPUError as exc:
+        raise AnsibleFilterError("fleet_machine: %s" % exc) from None
+
+
 class FilterModule:
     """hostcpu.libvirt fleet filters."""
 
@@ -60,4 +80,6 @@ class FilterModule:
             "fleet_baseline": fleet_baseline,
             "cpu_blockers": cpu_blockers,
             "fleet_compatibility": fleet_compatibility,
+            "migration_blockers": migration_blockers,
+            "fleet_machine": fleet_machine,
         }

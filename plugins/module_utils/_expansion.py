@@ -714,10 +714,15 @@ def predict_live_cpu(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> CPUDic
     Raises ``GuestWouldNotStart`` when libvirt or QEMU would refuse to start it, ``CPUDefinitionError``
     when libvirt would refuse to define it, ``ExpansionDataError`` when the facts cannot tell.
     """
+    return predict_guest(cpu, entry)[0]
+
+
+def predict_guest(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> Tuple[CPUDict, List[str]]:
+    """``predict_live_cpu`` and the features the guest sees (QEMU enabled them), in the CPU map's words."""
     ctx = context_for(entry)
     guest = prepare_for_qemu(ctx, guest_cpu(cpu, ctx))
     enabled, disabled = qemu_features(ctx, guest)
-    return finish_live(ctx, guest, enabled, disabled).as_dict()
+    return finish_live(ctx, guest, enabled, disabled).as_dict(), ctx.map.names_of(enabled)
 
 
 def live_cpu_or_refusal(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> Dict[str, Any]:

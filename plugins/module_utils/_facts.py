@@ -205,6 +205,26 @@ def parse_capabilities(xml: XMLText) -> Dict[str, Any]:
     }
 
 
+def machine_types(capabilities: Dict[str, Any], entry: Mapping[str, Any]) -> Dict[str, Any]:
+    """The machine types *entry*'s emulator offers its arch and virt type, as capabilities list them.
+
+    ``machines``: the concrete names (sorted); ``machine_aliases``: alias -> concrete name (``pc``,
+    ``q35``); ``deprecated_machines``: the names QEMU marks deprecated.
+    """
+    machines: List[Dict[str, Any]] = []
+    for guest in capabilities["guests"]:
+        domain_type = guest["domain_types"].get(entry.get("domain_type"))
+        if guest["arch"] == entry.get("arch") and domain_type is not None and (
+                entry.get("emulator") in (None, domain_type["emulator"])):
+            machines = domain_type["machines"]
+            break
+    return {
+        "machines": sorted(m["name"] for m in machines if not m["canonical"]),
+        "machine_aliases": {m["name"]: m["canonical"] for m in machines if m["canonical"]},
+        "deprecated_machines": sorted(m["name"] for m in machines if m["deprecated"] and not m["canonical"]),
+    }
+
+
 def candidate_virt_types(capabilities: Dict[str, Any], arch: Optional[str] = None) -> List[str]:
     """The virt types capabilities offer for hvm guests of *arch* (default: the host's arch)."""
     arch = arch or capabilities["host"]["arch"]
@@ -538,7 +558,8 @@ def build_facts(capabilities_xml: Optional[XMLText],
     """
     versions = versions or {}
     libvirt_version = version_text(versions.get("libvirt_version"))
-    facts = parse_capabilities(capabilities_xml)["host"] if capabilities_xml is not None else _empty_host()
+    capabilities = parse_capabilities(capabilities_xml) if capabilities_xml is not None else None
+    facts = capabilities["host"] if capabilities is not None else _empty_host()
     facts["libvirt_version"] = libvirt_version
     facts["hypervisor_version"] = version_text(versions.get("hypervisor_version"))
     virt_types = {}
@@ -550,6 +571,8 @@ def build_facts(capabilities_xml: Optional[XMLText],
             summary[virt_type] = _attach_verified(entry, verified[virt_type])
         if expansion_data is not None:
             entry["expansion"] = expansion_data.get(virt_type)
+        if capabilities is not None:
+            entry.update(machine_types(capabilities, entry))
         virt_types[virt_type] = entry
     facts["virt_types"] = virt_types
     if facts["arch"] is None and virt_types:

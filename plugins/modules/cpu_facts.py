@@ -202,6 +202,24 @@ ansible_facts:
               description: Machine type the capabilities are for.
               type: str
               sample: pc-i440fx-7.2
+            machines:
+              description:
+                - The machine types this emulator offers guests of this virt type (concrete names, no
+                  aliases), from libvirt's capabilities. Absent when the capabilities were not read.
+                - P(hostcpu.libvirt.fleet_machine#filter) picks the newest one every host has;
+                  P(hostcpu.libvirt.migration_blockers#filter) refuses a destination without the guest's.
+              type: list
+              elements: str
+              sample: [pc-i440fx-5.2, pc-i440fx-7.2, pc-q35-7.2]
+            machine_aliases:
+              description: QEMU's aliases of machine types and what they stand for here.
+              type: dict
+              sample: {pc: pc-i440fx-7.2, q35: pc-q35-7.2}
+            deprecated_machines:
+              description: The machine types QEMU marks deprecated (they still start).
+              type: list
+              elements: str
+              sample: [pc-i440fx-5.2]
             max_vcpus:
               description: Most vCPUs a guest may have.
               type: int

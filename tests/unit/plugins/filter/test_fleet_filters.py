@@ -29,7 +29,7 @@ def facts():
 
 
 def test_filters_are_registered():
-    assert set(FILTERS) == {"fleet_baseline", "cpu_blockers", "fleet_compatibility"}
+    assert set(FILTERS) == {"fleet_baseline", "cpu_blockers", "fleet_compatibility", "migration_blockers", "fleet_machine"}
 
 
 def test_fleet_baseline_is_the_module_utils_answer(facts):

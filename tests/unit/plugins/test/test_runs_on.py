@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def facts():
 
 
 def test_registered():
-    assert list(RunsOnTests().tests()) == ["runs_on"]
+    assert list(RunsOnTests().tests()) == ["runs_on", "migrates_to"]
 
 
 @pytest.mark.parametrize("cpu, virt_type, expected", [
@@ -50,3 +51,14 @@ def test_runs_on_errors(facts):
         runs_on({"mode": "host-model"}, entry)
     with pytest.raises(AnsibleFilterError, match="runs_on: feature 'svm' is listed twice"):
         runs_on({"model": {"name": "EPYC"}, "features": [{"name": "svm"}, {"name": "svm"}]}, facts)
+
+
+def test_migrates_to_is_migration_verdicts_boolean():
+    versions = Path(__file__).resolve().parents[2] / "fixtures" / "versions"
+    old, new = (json.loads((versions / v / "cpu_facts.json").read_text()) for v in ("9.0.0", "11.3.0"))
+    migrates_to = RunsOnTests().tests()["migrates_to"]
+    assert migrates_to({"mode": "host-model"}, new, "qemu", source=old) is False
+    assert migrates_to({}, new, "qemu", source=old, machine="pc-i440fx-7.2") is True
+    assert migrates_to({}, old, "qemu", source=new, machine="pc-i440fx-10.0") is False
+    with pytest.raises(AnsibleFilterError, match="migrates_to: a host-model CPU is filled in"):
+        migrates_to({"mode": "host-model"}, new, "qemu")
