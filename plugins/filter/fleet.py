@@ -39,7 +39,8 @@ def cpu_blockers(cpu: Any, host_facts: Any, virt_type: Optional[str] = None) -> 
 
 
 def fleet_compatibility(hosts: Any, guests: Optional[List[Any]] = None, baseline_hosts: Optional[List[str]] = None,
-                        virt_type: Optional[str] = None, check: str = "full", model: Optional[str] = None) -> Dict[str, Any]:
+                        virt_type: Optional[str] = None, check: str = "full", model: Optional[str] = None,
+                        machine_family: str = "pc-i440fx") -> Dict[str, Any]:
     """Host groups, the fleet CPU, and for every guest where it runs and migrates (the fleet role's report)."""
     if guests is not None and not isinstance(guests, list):
         raise AnsibleFilterError("fleet_compatibility: guests must be a list of {name, cpu, host}, got %s"
@@ -50,7 +51,7 @@ def fleet_compatibility(hosts: Any, guests: Optional[List[Any]] = None, baseline
     try:
         return compatibility(host_records(hosts, virt_type), guests or [],
                              None if baseline_hosts is None else [str(name) for name in baseline_hosts], check,
-                             model or None)
+                             model or None, str(machine_family))
     except CPUError as exc:
         raise AnsibleFilterError("fleet_compatibility: %s" % exc) from None
 

@@ -58,7 +58,6 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Op
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     CPUDict,
     cpu_to_xml,
-    normalize_cpu,
     ordered,
     validate_cpu,
 )
@@ -73,6 +72,8 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import (
     read_cpu_map_files,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import context_for, predict_live_cpu
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._machines import FAMILY_NAMES, MachineError, fleet_machine
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._migration import migration_verdict
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     fingerprint,
     host_model_as_custom_xml,
@@ -716,19 +717,6 @@ def runs_on(cpu: Optional[CPUDict], entry: Entry) -> bool:
     return bool(cpu_verdict(cpu, entry)["runs"])
 
 
-def migration_verdict(live_cpu: CPUDict, entry: Entry) -> Dict[str, Any]:
-    """Whether a guest running *live_cpu* (its live CPU on the source) can be received by *entry*'s host.
-
-    Migration carries the live CPU; the destination starts it with ``check='full'`` as it is, so it
-    must start there and come out the same.
-    """
-    verdict = cpu_verdict(live_cpu, entry)
-    if verdict["runs"] and normalize_cpu(verdict["live_cpu"], entry.get("domain_type") or "kvm") != normalize_cpu(
-            live_cpu, entry.get("domain_type") or "kvm"):
-        verdict.update(runs=False, reason="the guest would run a different CPU there")
-    return verdict
-
-
 # ---------------------------------------------------------------------------------------------
 # groups and the compatibility report data
 
@@ -771,39 +759,69 @@ def _short(verdict: Mapping[str, Any]) -> Dict[str, Any]:
                                           "fix", "unusable_model")}
 
 
+def _path(live: CPUDict, source: Entry, dest: Entry, machine: Optional[str]) -> Dict[str, Any]:
+    verdict = migration_verdict(live, dest, source, machine)
+    return {key: verdict[key] for key in ("outcome", "migrates", "blockers", "refusal")}
+
+
+def _guest_machine(guest: Mapping[str, Any], machines: Mapping[str, Any]) -> Optional[str]:
+    machine = guest.get("machine", machines.get("guest_machine"))
+    if machine is not None and not isinstance(machine, str):
+        raise FleetError("guest %s: machine must be a machine type name such as pc-q35-7.2, got %r" % (guest.get("name"), machine))
+    return machine
+
+
 def _guest_report(guest: Mapping[str, Any], cpu: CPUDict, groups: Sequence[Dict[str, Any]],
-                  host_group: Mapping[str, str]) -> Dict[str, Any]:
+                  host_group: Mapping[str, str], machines: Mapping[str, Any]) -> Dict[str, Any]:
     verdicts = {group["id"]: cpu_verdict(cpu, group["entry"]) for group in groups}
     source = host_group.get(str(guest.get("host"))) if guest.get("host") is not None else None
     if guest.get("host") is not None and source is None:
         raise FleetError("guest %s: host '%s' is not one of the fleet's hosts" % (guest.get("name"), guest.get("host")))
     if source is None:
         source = next((gid for gid, verdict in verdicts.items() if verdict["runs"]), None)
-    migrates: Dict[str, Any] = {}
-    if source is not None and verdicts[source]["runs"]:
-        live = verdicts[source]["live_cpu"]
-        for group in groups:
-            if group["id"] != source:
-                migrates[group["id"]] = _short(migration_verdict(live, group["entry"]))
+    machine = _guest_machine(guest, machines)
+    entries = {group["id"]: group["entry"] for group in groups}
+    paths = [dict(_path(verdicts[origin]["live_cpu"], entries[origin], entries[target], machine), **{"from": origin, "to": target})
+             for origin in entries if verdicts[origin]["runs"] for target in entries if target != origin]
+    migration = {path["to"]: {key: path[key] for key in ("outcome", "migrates", "blockers", "refusal")}
+                 for path in paths if path["from"] == source}
     return {
         "name": str(guest.get("name")),
         "host": None if guest.get("host") is None else str(guest.get("host")),
         "cpu": ordered(cpu),
+        "machine": machine,
         "source_group": source,
         "runs_on": [gid for gid, verdict in verdicts.items() if verdict["runs"]],
         "groups": {gid: _short(verdict) for gid, verdict in verdicts.items()},
-        "migrates_to": [gid for gid, verdict in migrates.items() if verdict["runs"]],
-        "migration": migrates,
+        "migrates_to": [gid for gid, verdict in migration.items() if verdict["migrates"]],
+        "migration": migration,
+        "paths": paths,
     }
+
+
+def _machine_summary(records: Sequence[HostRecord], family: str) -> Dict[str, Any]:
+    """The machine types every host offers, and the one the fleet's guests are judged with."""
+    try:
+        families = fleet_machine([(record.name, record.entry) for record in records])
+    except MachineError as exc:
+        return {"families": {}, "family": family, "guest_machine": None, "error": str(exc)}
+    wanted = FAMILY_NAMES.get(family, family)
+    guest_machine = families.get(wanted)
+    error = None if guest_machine else "no %s machine type is offered by every host (common families: %s)" % (
+        wanted, ", ".join(families) or "none")
+    return {"families": families, "family": wanted, "guest_machine": guest_machine, "error": error}
 
 
 def compatibility(records: Sequence[HostRecord], guests: Sequence[Mapping[str, Any]] = (),
                   baseline_hosts: Optional[Sequence[str]] = None, check: str = "full",
-                  model: Optional[str] = None) -> Dict[str, Any]:
+                  model: Optional[str] = None, machine_family: str = "pc-i440fx") -> Dict[str, Any]:
     """Groups with their own baselines, the fleet baseline, and for each guest where it runs and migrates.
 
     *baseline_hosts* names the hosts the fleet CPU is computed for (default: all). Each guest is
-    ``{name, cpu (a CPU dict or 'fleet'), host (optional: where it runs now)}``.
+    ``{name, cpu (a CPU dict or 'fleet'), host (optional: where it runs now), machine (optional)}``;
+    migrations are judged with the guest's machine type, else the newest of *machine_family* that
+    every host offers (``machine`` of the result), and go from every group a guest runs on to
+    every other group (``paths``).
     """
     if not records:
         raise FleetError("the list of hosts is empty: pass the hostcpu facts of at least one host")
@@ -822,13 +840,15 @@ def compatibility(records: Sequence[HostRecord], guests: Sequence[Mapping[str, A
         group["baseline"] = _baseline_summary([HostRecord(name, group["entry"]) for name in group["hosts"][:1]], check, model)
     guest_list = [{"name": "fleet CPU", "cpu": "fleet"}] if fleet["cpu"] is not None else []
     guest_list.extend(guests or ())
-    reports = [_guest_report(guest, _guest_cpu(guest, fleet["cpu"]), groups, host_group) for guest in guest_list]
+    machines = _machine_summary(records, machine_family)
+    reports = [_guest_report(guest, _guest_cpu(guest, fleet["cpu"]), groups, host_group, machines) for guest in guest_list]
     return {
         "groups": [{key: value for key, value in group.items() if key not in ("entry", "key")} for group in groups],
         "hosts": [{"name": record.name, "group": host_group[record.name], "virt_type": record.entry.get("domain_type")}
                   for record in records],
         "baseline": dict(fleet, hosts=[record.name for record in chosen],
                          groups=sorted({host_group[record.name] for record in chosen}, key=lambda gid: int(gid[1:]))),
+        "machine": machines,
         "guests": reports,
     }
 

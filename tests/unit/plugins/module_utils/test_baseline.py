@@ -12,6 +12,7 @@ baselineHypervisorCPU), the results in its test data, and what starting guests s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import random
 from typing import Any, Dict, List
 
@@ -33,6 +34,7 @@ from fleet_facts import (
 from ansible_collections.hostcpu.libvirt.plugins.module_utils import _baseline
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import FactsShapeError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._migration import migration_verdict
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._baseline import (
     FleetError,
     HostRecord,
@@ -43,7 +45,6 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._baseline import (
     group_hosts,
     host_records,
     libvirt_cpu_xml,
-    migration_verdict,
     runs_on,
     select_entry,
 )
@@ -430,14 +431,13 @@ def test_cpu_verdict_refuses_invalid_cpus(facts):
         cpu_verdict({"mode": "custom", "migratable": True}, facts["virt_types"]["qemu"])
 
 
-def test_migration(fleet, baseline, facts):
+def test_migration_keeps_the_virt_type(fleet, baseline):
     kvm, qemu = fleet[0].entry, fleet[1].entry
     live_kvm = predict_live_cpu(baseline.cpu, kvm)
-    assert migration_verdict(live_kvm, qemu)["runs"] is True
-    live_qemu = predict_live_cpu({"mode": "host-model"}, qemu)
-    verdict = migration_verdict(live_qemu, kvm)
-    assert verdict["runs"] is False
-    assert "svm" in verdict["missing_features"]
+    assert migration_verdict(live_kvm, kvm, kvm)["outcome"] == "kept"
+    verdict = migration_verdict(live_kvm, qemu, kvm)
+    assert verdict["outcome"] == "refused"
+    assert verdict["refusal"].endswith("does not support virt type 'kvm'")
 
 
 # --- the report data --------------------------------------------------------------------------
@@ -457,16 +457,37 @@ def test_compatibility(fleet):
     rows = {g["name"]: g for g in report["guests"]}
     assert list(rows) == ["fleet CPU", "web", "db", "app"]
     assert rows["fleet CPU"]["runs_on"] == ["G1", "G2"]
-    assert rows["fleet CPU"]["migrates_to"] == ["G2"]
+    assert rows["fleet CPU"]["migrates_to"] == []
+    assert "does not support virt type 'kvm'" in rows["fleet CPU"]["migration"]["G2"]["refusal"]
     assert rows["app"]["cpu"] == report["baseline"]["cpu"]
     assert rows["web"]["source_group"] == "G2"
     assert rows["web"]["runs_on"] == ["G2"]
     assert "MSR 0x10a" in rows["web"]["groups"]["G1"]["reason"]
     assert rows["web"]["migrates_to"] == []
-    assert rows["web"]["migration"]["G1"]["runs"] is False
+    assert rows["web"]["migration"]["G1"]["outcome"] == "refused"
+    assert [(path["from"], path["to"]) for path in rows["web"]["paths"]] == [("G2", "G1")]
     assert rows["db"]["runs_on"] == ["G2"]
     assert "svm" in rows["db"]["groups"]["G1"]["missing_features"]
     json.dumps(report)
+
+
+def test_compatibility_of_four_libvirt_versions():
+    versions = Path(__file__).resolve().parents[2] / "fixtures" / "versions"
+    records = [HostRecord(v, json.loads((versions / v / "cpu_facts.json").read_text())["virt_types"]["qemu"])
+               for v in ("7.0.0", "9.0.0", "11.3.0", "12.8.0")]
+    report = compatibility(records, [{"name": "hm", "cpu": {"mode": "host-model"}, "host": "9.0.0"},
+                                     {"name": "q35", "machine": "pc-q35-10.0", "host": "11.3.0"}])
+    assert report["machine"] == {"families": {"pc-i440fx": "pc-i440fx-5.2", "pc-q35": "pc-q35-5.2"}, "family": "pc-i440fx",
+                                 "guest_machine": "pc-i440fx-5.2", "error": None}
+    rows = {g["name"]: g for g in report["guests"]}
+    fleet = rows["fleet CPU"]
+    assert fleet["machine"] == "pc-i440fx-5.2" and len(fleet["paths"]) == 12
+    assert all(path["outcome"] == "kept" for path in fleet["paths"])
+    assert rows["hm"]["source_group"] == "G2" and rows["hm"]["migrates_to"] == []
+    assert rows["hm"]["migration"]["G3"]["refusal"].endswith("missing features: pcommit")
+    assert rows["hm"]["migration"]["G1"]["refusal"].endswith("unknown CPU feature: pks")
+    assert rows["q35"]["migrates_to"] == ["G4"]
+    assert "does not support machine type 'pc-q35-10.0'" in rows["q35"]["migration"]["G1"]["refusal"]
 
 
 def test_compatibility_refusals(fleet):
