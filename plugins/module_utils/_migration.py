@@ -174,10 +174,10 @@ def migration_verdict(live_cpu: Optional[CPUDict], dest: Entry, source: Optional
         return _refused(refusal, "QEMU cannot migrate invariant TSC; disable invtsc or give the guest a fixed TSC "
                                  "frequency (<clock><timer name='tsc' frequency=.../>)")
     if source is not None and source.get("domain_type") != dest.get("domain_type"):
-        return _refused("unsupported configuration: Emulator '%s' does not support virt type '%s'"
-                        % (dest.get("emulator"), source.get("domain_type")),
-                        "a guest keeps its virt type when it migrates; move %s guests between hosts that run their guests "
-                        "under %s" % (source.get("domain_type"), source.get("domain_type")))
+        return _refused("the guest runs under %s, the destination's facts are those of its %s guests"
+                        % (source.get("domain_type"), dest.get("domain_type")),
+                        "a guest keeps its virt type when it migrates; judge it with the destination's %s facts, or move "
+                        "it between hosts whose guests run under %s" % (source.get("domain_type"), source.get("domain_type")))
     refusal = _machine_refusal(dest, machine)
     if refusal:
         return _refused(refusal, "define the guests with a machine type every host's QEMU offers "
