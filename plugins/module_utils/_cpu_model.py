@@ -46,7 +46,11 @@ INT_MAX = 2147483647
 
 
 class CPUDefinitionError(CPUError):
-    """A CPU definition that libvirt would refuse."""
+    """A CPU definition that libvirt would refuse; ``reason`` is libvirt's own words when they differ from the message."""
+
+    def __init__(self, message: str, reason: Optional[str] = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 # ---------------------------------------------------------------------------------------------

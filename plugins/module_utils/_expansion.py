@@ -633,8 +633,9 @@ def guest_cpu(cpu: Optional[CPUDict], ctx: Context) -> GuestCPU:
     validate_cpu(cpu or {})
     mode = (cpu or {}).get("mode") or "custom"
     if mode not in ctx.rules.modes:
-        raise CPUDefinitionError("unsupported configuration: Invalid mode attribute '%s' (libvirt %s knows the modes %s)"
-                                 % (mode, ".".join(map(str, ctx.libvirt_version or ())), ", ".join(ctx.rules.modes)))
+        refusal = "unsupported configuration: Invalid mode attribute '%s'" % mode
+        raise CPUDefinitionError("%s (libvirt %s knows the modes %s)" % (refusal, ".".join(map(str, ctx.libvirt_version or ())),
+                                                                      ", ".join(ctx.rules.modes)), refusal)
     guest = GuestCPU(normalize_cpu(cpu or {}, ctx.virt_type, ctx.libvirt_version))
     given_fallback = ((cpu or {}).get("model") or {}).get("fallback")
     if guest.mode == "host-model" and given_fallback:

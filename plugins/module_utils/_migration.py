@@ -185,7 +185,8 @@ def migration_verdict(live_cpu: Optional[CPUDict], dest: Entry, source: Optional
     try:
         dest_live, dest_sees = predict_guest(cpu, dest)
     except CPUDefinitionError as exc:
-        return _refused(str(exc), "the destination's %s cannot define this CPU; %s" % (_version(dest), FLEET_HINT))
+        detail = str(exc)[len(exc.reason):].strip(" ()") if str(exc).startswith(exc.reason) else ""
+        return _refused(exc.reason, "%s; %s" % (detail or "the destination's %s cannot define this CPU" % _version(dest), FLEET_HINT))
     except GuestWouldNotStart as exc:
         return _refused(exc.reason, "%s (%s)" % (FLEET_HINT, _version(dest)) if not exc.fix else
                         "%s, or disable %s" % (FLEET_HINT, ", ".join(item["name"] for item in exc.fix)))

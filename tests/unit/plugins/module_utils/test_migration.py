@@ -102,7 +102,8 @@ def test_maximum_cannot_go_to_libvirt_7_0(facts):
     assert verdict["outcome"] == "kept"
     live = predict_live_cpu({"mode": "maximum"}, entry(facts, "11.3.0"))
     verdict = migration_verdict(live, entry(facts, "7.0.0"), entry(facts, "11.3.0"))
-    assert verdict["outcome"] == "refused" and "Invalid mode attribute 'maximum'" in verdict["refusal"]
+    assert verdict["outcome"] == "refused" and verdict["refusal"] == "unsupported configuration: Invalid mode attribute 'maximum'"
+    assert "libvirt 7.0.0 knows the modes custom, host-model, host-passthrough" in verdict["blockers"][0]
 
 
 def test_maximum_sees_another_cpu_on_another_qemu(facts):
