@@ -634,8 +634,8 @@ def guest_cpu(cpu: Optional[CPUDict], ctx: Context) -> GuestCPU:
     mode = (cpu or {}).get("mode") or "custom"
     if mode not in ctx.rules.modes:
         refusal = "unsupported configuration: Invalid mode attribute '%s'" % mode
-        raise CPUDefinitionError("%s (libvirt %s knows the modes %s)" % (refusal, ".".join(map(str, ctx.libvirt_version or ())),
-                                                                      ", ".join(ctx.rules.modes)), refusal)
+        known = "libvirt %s knows the modes %s" % (".".join(map(str, ctx.libvirt_version or ())), ", ".join(ctx.rules.modes))
+        raise CPUDefinitionError("%s (%s)" % (refusal, known), refusal)
     guest = GuestCPU(normalize_cpu(cpu or {}, ctx.virt_type, ctx.libvirt_version))
     given_fallback = ((cpu or {}).get("model") or {}).get("fallback")
     if guest.mode == "host-model" and given_fallback:

@@ -267,12 +267,11 @@ def test_fleet_role_applies_reports_and_renders(conn, guests, tmp_path):
     assert "| from \\ to | G1 | G2 |\n|---|---|---|\n| G1 | - | refused |\n| G2 | refused | - |\n" in markdown
     for guest in fleet["guests"]:
         for path in guest["paths"]:
+            reasons = "; ".join(path["blockers"])
             if path["outcome"] == "refused":
-                assert "- **%s** cannot migrate from %s to %s: %s" % (guest["name"], path["from"], path["to"],
-                                                                    "; ".join(path["blockers"])) in markdown
+                assert "- **%s** cannot migrate from %s to %s: %s" % (guest["name"], path["from"], path["to"], reasons) in markdown
             elif path["outcome"] == "changed":
-                assert "- **%s** moves from %s to %s but its CPU changes: %s" % (guest["name"], path["from"], path["to"],
-                                                                               "; ".join(path["blockers"])) in markdown
+                assert "- **%s** moves from %s to %s but its CPU changes: %s" % (guest["name"], path["from"], path["to"], reasons) in markdown
 
     # No verification given: no "Migration verified" section.
     assert not document.xpath("//*[@id='migration-verified']") and "## Migration verified" not in markdown

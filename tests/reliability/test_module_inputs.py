@@ -171,6 +171,42 @@ def module_cases(off: str, running: str, missing: str, canary: Path, port: int, 
     return cases
 
 
+def probe_cases(private_uri: str, refused: str, canary: Path, port: int) -> List[Case]:
+    """migration_probe: every bad option is refused by name before a probe guest exists."""
+    cases: List[Case] = []
+    other = private_uri.replace("qemu:///", "qemu+unix:///", 1)  # the same daemon, spelt differently
+    base = {"source_uri": private_uri, "dest_uri": refused, "machine": "pc-i440fx-5.2", "virt_type": "qemu"}
+
+    def add(label: str, args: Dict[str, Any], *words: str) -> None:
+        cases.append(Case("migration_probe " + label, "migration_probe", args, tuple(words)))
+
+    cpu = hostile("cpu", canary, port)
+    for name in ("xxe-file", "external-dtd", "billion-laughs", "parameter-entity", "not-well-formed", LARGE):
+        add("cpu " + name, dict(base, cpu=cpu[name].text), "cpu:", *cpu[name].words[:1])
+    add("no uris", {"machine": "pc"}, "missing required arguments", "dest_uri", "source_uri")
+    add("no machine", {"source_uri": private_uri, "dest_uri": refused}, "missing required arguments", "machine")
+    add("the same uri twice", dict(base, dest_uri=private_uri), "a migration needs two hosts")
+    add("the same host by two uris", dict(base, dest_uri=other), "same host uuid", "libvirt refuses to migrate")
+    add("cpu of an unknown mode", dict(base, cpu={"mode": "bogus"}), "cpu: mode 'bogus' is not valid")
+    add("cpu a number", dict(base, cpu=5), "cpu must be a cpu dict")
+    add("cpu a domain", dict(base, cpu="<network/>"), "expected <cpu> xml")
+    add("virt_type xen", dict(base, virt_type="xen"), "virt_type", "kvm, qemu")
+    add("machine with a quote", dict(base, machine="pc' x='1"), "is not a machine type")
+    add("emulator relative", dict(base, emulator="qemu-system-x86_64"), "absolute path")
+    add("name_prefix with a slash", dict(base, name_prefix="../etc/"), "domain name prefix")
+    add("address with a space", dict(base, dest_address="10.0.0.2 evil"), "host name or an ip address")
+    add("memory_mib zero", dict(base, memory_mib=0), "memory_mib must be a whole number from 1 to 65536")
+    add("memory_mib not a number", dict(base, memory_mib="lots"), "memory_mib", "int")
+    add("vcpus too many", dict(base, vcpus=1000), "vcpus must be a whole number from 1 to 64")
+    add("port beyond 65535", dict(base, port=70000), "port must be a whole number from 1 to 65535")
+    add("timeout zero", dict(base, timeout=0), "timeout must be")
+    add("back not a bool", dict(base, back="maybe"), "back", "bool")
+    add("source refused", dict(base, source_uri=refused, dest_uri=private_uri), "cannot connect to libvirt", "127.0.0.1")
+    add("destination refused", base, "cannot connect to libvirt", "127.0.0.1")
+    add("unknown option", dict(base, uri=private_uri), "unsupported parameters", "uri")
+    return cases
+
+
 class RoleCase(NamedTuple):
     label: str
     role: str
@@ -215,6 +251,10 @@ def role_cases(uri: str, new_guest: str, off: str, canary: Path, port: int) -> L
         RoleCase("fleet model unknown", "fleet", dict(fleet, hostcpu_fleet_model="NoSuchModel"), ("nosuchmodel", "not in libvirt's cpu map")),
         RoleCase("fleet guest hostile xml", "fleet", dict(fleet, hostcpu_fleet_guests=[{"name": "g", "host": "localhost", "cpu": xxe}]),
                  ("doctype or entity",)),
+        RoleCase("fleet verify_migration not a bool", "fleet", dict(fleet, hostcpu_fleet_verify_migration="maybe"),
+                 ("hostcpu_fleet_verify_migration", "bool")),
+        RoleCase("fleet migration_port not a number", "fleet", dict(fleet, hostcpu_fleet_migration_port="soon"),
+                 ("hostcpu_fleet_migration_port", "int")),
         RoleCase("fleet guest on unknown host", "fleet", dict(fleet, hostcpu_fleet_guests=[{"name": "g", "host": "nowhere"}]),
                  ("g name a host that is not in this play",)),
     ]
@@ -280,7 +320,8 @@ def table(private_daemon, sentinels, tmp_path_factory):
         ]
         background = start_playbook([{"hosts": "all", "gather_facts": False, "connection": "local", "strategy": "free",
                                       "tasks": silent_tasks}], directory, env, inventory="h1,h2,h3")
-        cases = module_cases(off, running, missing, canary, recorder.port, refused)
+        cases = (module_cases(off, running, missing, canary, recorder.port, refused)
+                 + probe_cases(private_daemon.uri, refused, canary, recorder.port))
         roles = role_cases(private_daemon.uri, new_guest, off, canary, recorder.port)
         module_play = local_play([dict({"name": case.label, "hostcpu.libvirt.%s" % case.module: case.args}, ignore_errors=True)
                                   for case in cases])
