@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import CPUDefinitionError, normalize_cpu
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError, GuestWouldNotStart
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import context_for, predict_guest
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import predict_guest
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data import PASSTHROUGH_MODES
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._machines import offers_machine, resolve_machine
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import cpu_input, select_entry
@@ -127,11 +127,13 @@ def _definition_changes(before: CPUDict, after: CPUDict, virt_type: str, dest: E
 
 
 def _seen_changes(source: Entry, source_sees: List[str], dest: Entry, dest_sees: List[str], mode: str) -> List[str]:
-    """Features the guest sees on one side only (the destination's QEMU/KVM gives another CPU),
-    among the features both libvirts know (the facts cannot tell about the others)."""
-    both = set(context_for(source).map.names) & set(context_for(dest).map.names)
-    lost = [name for name in source_sees if name in both and name not in set(dest_sees)]
-    gained = [name for name in dest_sees if name in both and name not in set(source_sees)]
+    """Features the guest sees on one side only (the destination's QEMU/KVM gives another CPU).
+
+    A feature one side's libvirt does not know counts as not given there: its QEMU is of the
+    same age (measured: QEMU 10.0 does not give tsa-sq-no/tsa-l1-no, which only libvirt 12.8 knows
+    and QEMU 11.1 gives a host-passthrough guest)."""
+    lost = [name for name in source_sees if name not in set(dest_sees)]
+    gained = [name for name in dest_sees if name not in set(source_sees)]
     if not lost and not gained:
         return []
     parts = []

@@ -131,3 +131,23 @@ def test_bad_inputs_name_the_problem(facts):
         verdict_from_facts({}, facts["9.0.0"], "qemu", None, 5)
     with pytest.raises(Exception, match="does not start on the source"):
         verdict_from_facts({"model": {"name": "Skylake-Server"}}, facts["9.0.0"], "kvm", facts["9.0.0"])
+
+
+PASSTHROUGH_FIXED = {"mode": "host-passthrough", "features": [{"name": "arch-capabilities", "policy": "disable"}]}
+
+
+@pytest.mark.parametrize("source,dest,outcome,words", [
+    ("7.0.0", "9.0.0", "kept", None),
+    ("9.0.0", "7.0.0", "kept", None),
+    ("11.3.0", "12.8.0", "changed", "gains tsa-sq-no, tsa-l1-no"),
+    ("12.8.0", "11.3.0", "changed", "loses tsa-sq-no, tsa-l1-no"),
+    ("9.0.0", "11.3.0", "changed", "gains erms, fsrm"),
+])
+def test_host_passthrough_keeps_its_cpu_only_where_qemu_and_kvm_give_the_same(facts, source, dest, outcome, words):
+    """As measured by the testbed's migration matrix (host-passthrough with arch-capabilities off, nested KVM):
+    a feature only the newer libvirt knows is one the older QEMU does not give."""
+    live = predict_live_cpu(PASSTHROUGH_FIXED, entry(facts, source, "kvm"))
+    verdict = migration_verdict(live, entry(facts, dest, "kvm"), entry(facts, source, "kvm"), FLEET_MACHINE)
+    assert verdict["outcome"] == outcome
+    if words:
+        assert words in verdict["blockers"][0] and "host-passthrough guest sees the CPU" in verdict["blockers"][0]
