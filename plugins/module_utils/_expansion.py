@@ -90,7 +90,7 @@ class Context:
         self.libvirt_version = parse_version(entry.get("libvirt_version"))
         self.rules = rules_for(self.libvirt_version)
         self.map = cpu_map_of(data)
-        self.ignored = self.map.mask(name for name in self.rules.ignored_features if name in self.map.index)
+        self.unchecked = self.map.mask(name for name in self.rules.unchecked_features if name in self.map.index)
         self.msr = {name: (int(value[0]), int(value[1])) for name, value in required_mapping(data.get("msr") or {}, "msr").items()}
         qemu = required_mapping(data.get("qemu"), "qemu")
         self.qemu_models = {name: from_hex(mask, "qemu.models.%s" % name)
@@ -594,8 +594,7 @@ def update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> N
     # added='yes' features the definition does not name: check='full' lets the hypervisor decide
     ignored = (model.added if model else 0) & ~(data | cpu.with_policy(ctx, "disable"))
     full = cpu.check == "full"
-    # virQEMUCapsCPUFilterFeatures: the features libvirt ignores are filtered out of what QEMU reports
-    changed = (added_mask | removed_mask) & ~ctx.ignored
+    changed = (added_mask | removed_mask) & ~ctx.unchecked
     while changed:
         lowest = changed & -changed
         changed ^= lowest
