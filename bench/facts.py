@@ -10,30 +10,49 @@ between, with the same concurrency (each worker thread of the probe replays its 
 thread of its own, the main thread's calls run in order between them).
 
 The module itself is timed as an Ansible task (its duration minus the bare task's), in a fresh
-playbook with the bare task, for three configurations: reads only (``expansion: false``), the
-default (``expansion: true``: one probe guest per virt type measures QEMU), and
-``verify_modes: true`` (plus a transient paused guest per CPU mode).
+playbook with the bare task, for these configurations: reads only (``expansion: false``), the
+default probing (``expansion: true``, ``cache: false``: one probe guest per virt type measures
+QEMU), the default on an unchanged host whose data is in the cache (``cache: true``, a cache file
+of the bench's own, written by a probing run first), the same with ``previous:`` (the facts of that
+first run as a play variable, ``cache: false``), and ``verify_modes: true`` (plus a transient paused
+guest per CPU mode, ``cache: false``). Every task's ``expansion_source`` is checked: probing must have
+probed, the reusing configurations must have reused. The ratios probing / cache hit and probing /
+previous are the reuse speed-up.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from common import GUEST_LOG_DIR, LoadSampler, floor_task, median, ratio, run_playbook
+from common import GUEST_LOG_DIR, BenchError, LoadSampler, floor_task, median, ratio, run_playbook
 
+# The bench's own cache file goes where CACHE_PATH stands; "previous" gets the facts of a probing run.
+CACHE_PATH = "__CACHE_PATH__"
+PREVIOUS_VAR = "hostcpu_bench_previous"
 CONFIGS = {
     "reads": {"expansion": False},
-    "default": {},
-    "verify_modes": {"verify_modes": True},
+    "default": {"cache": False},
+    "cache": {"cache_path": CACHE_PATH},
+    "previous": {"cache": False, "previous": "{{ %s }}" % PREVIOUS_VAR},
+    "verify_modes": {"verify_modes": True, "cache": False},
 }
 CONFIG_TEXT = {
     "reads": "reads only (expansion: false)",
-    "default": "default (expansion: true)",
-    "verify_modes": "verify_modes: true",
+    "default": "default, probing (cache: false)",
+    "cache": "default, unchanged host, cache hit",
+    "previous": "default, unchanged host, previous: (cache: false)",
+    "verify_modes": "verify_modes: true (cache: false)",
 }
+# The expansion_source every virt type must report, per configuration (None: expansion off).
+EXPECTED_SOURCE = {"reads": None, "default": "probed", "cache": "cache", "previous": "previous", "verify_modes": "probed"}
+REUSE = ("cache", "previous")
 Log = Callable[[str], None]
 
 
@@ -109,8 +128,9 @@ class RecordedDomain(_Recorded):
         self._target = target
 
 
-def record_probe(conn, options: Dict[str, Any]) -> Tuple[List[Call], float]:
-    """Run cpu_facts' probe with *options* on a recording connection: its calls and its wall time."""
+def record_probe(conn, options: Dict[str, Any], reuse: Optional[Callable[[str, str], Any]] = None) -> Tuple[List[Call], float]:
+    """Run cpu_facts' probe with *options* on a recording connection: its calls and its wall time.
+    *reuse*: the module's lookup of expansion data to reuse (``ExpansionReuse.lookup``)."""
     import libvirt_qemu  # pylint: disable=import-outside-toplevel
     from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe import probe  # pylint: disable=import-outside-toplevel
 
@@ -128,7 +148,7 @@ def record_probe(conn, options: Dict[str, Any]) -> Tuple[List[Call], float]:
     libvirt_qemu.qemuMonitorCommand = qmp
     try:
         start = time.perf_counter()
-        probe(RecordedConnection(conn, recorder), None, options.get("verify_modes", False), options.get("expansion", True))
+        probe(RecordedConnection(conn, recorder), None, options.get("verify_modes", False), options.get("expansion", True), reuse)
         seconds = time.perf_counter() - start
     finally:
         libvirt_qemu.qemuMonitorCommand = original
@@ -226,21 +246,74 @@ def call_summary(calls: List[Call]) -> Dict[str, int]:
 # the measurement
 
 
-def facts_tasks(config: str) -> List[Dict[str, Any]]:
-    """A fresh playbook per configuration: cpu_facts pays its payload build (first use) every time, as the bare task does."""
-    return [{"name": "warm-up", "ansible.builtin.debug": {"msg": "warm-up"}}, floor_task("floor"),
-            {"name": config, "hostcpu.libvirt.cpu_facts": CONFIGS[config]}]
+def options_of(config: str, cache_path: str) -> Dict[str, Any]:
+    return {key: cache_path if value == CACHE_PATH else value for key, value in CONFIGS[config].items()}
+
+
+def facts_tasks(config: str, cache_path: str) -> List[Dict[str, Any]]:
+    """A fresh playbook per configuration: cpu_facts pays its payload build (first use) every time, as the bare task does.
+    The reusing configurations run once more, payload built: what each further host of a run pays."""
+    tasks = [{"name": "warm-up", "ansible.builtin.debug": {"msg": "warm-up"}}, floor_task("floor"),
+             {"name": config, "hostcpu.libvirt.cpu_facts": options_of(config, cache_path)}]
+    if config in REUSE:
+        tasks += [floor_task("floor built"), {"name": config + " built", "hostcpu.libvirt.cpu_facts": options_of(config, cache_path)}]
+    return tasks
+
+
+def sources(result: Dict[str, Any]) -> Dict[str, Optional[str]]:
+    return {virt_type: entry.get("expansion_source")
+            for virt_type, entry in result["ansible_facts"]["hostcpu"]["virt_types"].items()}
+
+
+def check_sources(config: str, result: Dict[str, Any]) -> None:
+    """Each configuration did what it is measured for: probing probed, reusing reused."""
+    found = sources(result)
+    wrong = {virt_type: source for virt_type, source in found.items() if source != EXPECTED_SOURCE[config]}
+    if not found or wrong:
+        raise BenchError("cpu_facts %s: expansion_source %s, expected %s for every virt type"
+                         % (CONFIG_TEXT[config], found, EXPECTED_SOURCE[config]))
+
+
+def prime(cache_path: str) -> Dict[str, Any]:
+    """A probing run that writes the bench's cache file; its facts are the previous facts of "previous"."""
+    run = run_playbook([{"name": "prime", "hostcpu.libvirt.cpu_facts": {"cache_path": cache_path}}])
+    result = run.result("prime")
+    check_sources("default", result)
+    return result["ansible_facts"]["hostcpu"]
+
+
+def record_reuse(conn, config: str, cache_path: str, previous: Dict[str, Any]) -> List[Call]:
+    """The libvirt calls of the probe when it reuses (from the cache file or the previous facts)."""
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache import ExpansionReuse  # pylint: disable=import-outside-toplevel
+    reuse = (ExpansionReuse(None, None, cache_path) if config == "cache" else ExpansionReuse(None, previous, None))
+    calls, _seconds = record_probe(conn, CONFIGS[config], reuse.lookup)
+    if set(reuse.sources.values()) != {config}:
+        raise BenchError("the recorded probe of %s reused nothing: %s" % (config, reuse.sources))
+    return calls
 
 
 def measure(conn, repeat: int, log: Log, load: LoadSampler) -> Dict[str, Any]:
     """*repeat* rounds of, per configuration: a playbook with the bare task and cpu_facts, then its raw calls."""
+    directory = tempfile.mkdtemp(prefix="hostcpu-bench-facts-")
+    try:
+        return _measure(conn, repeat, log, load, str(Path(directory) / "cpu_facts.json"))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _measure(conn, repeat: int, log: Log, load: LoadSampler, cache_path: str) -> Dict[str, Any]:
+    previous = prime(cache_path)
     recorded = {}
     for config, options in CONFIGS.items():
-        calls, _seconds = record_probe(conn, options)
+        if config in REUSE:
+            calls = record_reuse(conn, config, cache_path, previous)
+        else:
+            calls, _seconds = record_probe(conn, options)
         recorded[config] = calls
         counted = ", ".join("%s %d" % item for item in call_summary(calls).items())
         log("  cpu_facts %s: %d libvirt calls recorded (%s)" % (CONFIG_TEXT[config], len(calls), counted))
     floors: List[float] = []
+    built: Dict[str, List[float]] = {config: [] for config in REUSE + ("floor",)}
     tasks: Dict[str, List[float]] = {config: [] for config in CONFIGS}
     raws: Dict[str, List[float]] = {config: [] for config in CONFIGS}
     for index in range(repeat):
@@ -249,9 +322,15 @@ def measure(conn, repeat: int, log: Log, load: LoadSampler) -> Dict[str, Any]:
             # Which goes first alternates: the guests of the one before may still be exiting.
             if index % 2:
                 raws[config].append(Replay(conn, recorded[config]).run())
-            run = run_playbook(facts_tasks(config))
+            run = run_playbook(facts_tasks(config, cache_path), variables={PREVIOUS_VAR: previous} if config == "previous" else None)
+            if EXPECTED_SOURCE[config] is not None:
+                check_sources(config, run.result(config))
             floors.append(run.seconds("floor"))
             tasks[config].append(run.seconds(config))
+            if config in REUSE:
+                check_sources(config, run.result(config + " built"))
+                built[config].append(run.seconds(config + " built"))
+                built["floor"].append(run.seconds("floor built"))
             if not index % 2:
                 raws[config].append(Replay(conn, recorded[config]).run())
         load.mark()
@@ -262,7 +341,7 @@ def measure(conn, repeat: int, log: Log, load: LoadSampler) -> Dict[str, Any]:
         own = median(tasks[config]) - results["floor_task"]
         raw = median(raws[config])
         results["configs"][config] = {
-            "options": CONFIGS[config],
+            "options": {key: ("<bench cache file>" if value == cache_path else value) for key, value in options_of(config, cache_path).items()},
             "task": median(tasks[config]),
             "task_samples": tasks[config],
             "module_own": own,
@@ -272,4 +351,16 @@ def measure(conn, repeat: int, log: Log, load: LoadSampler) -> Dict[str, Any]:
             "calls": call_summary(recorded[config]),
             "call_count": len(recorded[config]),
         }
+    probing = results["configs"]["default"]["task"]
+    results["reuse"] = {"probing": probing, "expansion_data_bytes": len(json.dumps(
+        {virt_type: entry.get("expansion") for virt_type, entry in previous["virt_types"].items()})),
+        "floor_built": median(built["floor"]), "floor_built_samples": built["floor"]}
+    for config in REUSE:
+        results["reuse"][config] = results["configs"][config]["task"]
+        results["reuse"]["%s_speedup" % config] = ratio(probing, results["configs"][config]["task"])
+        results["reuse"]["%s_built" % config] = median(built[config])
+        results["reuse"]["%s_built_samples" % config] = built[config]
+    log("  cpu_facts reuse: probing %.2f s, cache hit %.3f s (%.1fx; payload built %.3f s), previous %.3f s (%.1fx; built %.3f s)" % (
+        probing, results["reuse"]["cache"], results["reuse"]["cache_speedup"], results["reuse"]["cache_built"],
+        results["reuse"]["previous"], results["reuse"]["previous_speedup"], results["reuse"]["previous_built"]))
     return results

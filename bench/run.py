@@ -9,7 +9,8 @@
 Sections (all by default, --sections to choose):
 
 * converge: the CPU mode of N shut-off domains (bench/converge.py);
-* facts: cpu_facts against the raw libvirt calls it makes (bench/facts.py);
+* facts: cpu_facts against the raw libvirt calls it makes, and probing against reusing the
+  expansion data of an unchanged host (cache hit, previous:) (bench/facts.py);
 * live: live_cpu predictions per second (bench/live_cpu_prediction.py);
 * fleet: fleet_baseline over 1000 synthetic hosts (bench/fleet_baseline_1000.py).
 
@@ -149,6 +150,7 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
 
     live = results.get("live_cpu") or {}
     fleet = results.get("fleet_baseline") or {}
+    reuse = (results.get("facts") or {}).get("reuse") or {}
     rows: List[Tuple[str, Optional[float], str, float, str]] = [
         ("(a) no-op rerun of 50 domains vs the bare task", entry_value(50, "a_rerun_vs_floor"), "<=", 2, "x"),
         ("(a) no-op rerun of 200 domains vs the bare task", entry_value(200, "a_rerun_vs_floor"), "<=", 3, "x"),
@@ -156,6 +158,10 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         ("(c) vs (a) at N=50, no-op rerun", method_ratio(results, 50, "c", "rerun"), ">=", 10, "x"),
         ("(d) vs (a) at N=50, first run", method_ratio(results, 50, "d", "first"), ">", 1, "x"),
         ("(d) vs (a) at N=50, no-op rerun", method_ratio(results, 50, "d", "rerun"), ">", 1, "x"),
+        ("cpu_facts, unchanged host, cache hit: task time", reuse.get("cache"), "<", 0.5, "s"),
+        ("cpu_facts, unchanged host, previous: task time", reuse.get("previous"), "<", 0.5, "s"),
+        ("cpu_facts probing vs cache hit", reuse.get("cache_speedup"), ">=", 10, "x"),
+        ("cpu_facts probing vs previous:", reuse.get("previous_speedup"), ">=", 10, "x"),
         ("live_cpu per prediction, cold (new facts every call)", live.get("cold", {}).get("median_ms"), "<", 1, "ms"),
         ("live_cpu per prediction, warm (one host's facts)", live.get("warm", {}).get("median_ms"), "<", 1, "ms"),
         ("fleet_baseline, 1000 hosts of 20 kinds, cold", _ms(fleet.get("kinds", {}).get("cold")), "<", 100, "ms"),
@@ -276,8 +282,16 @@ def facts_lines(facts: Dict[str, Any]) -> List[str]:
              "| cpu_facts | libvirt calls | task | module's own | raw calls | x raw |", "|---|---:|---:|---:|---:|---:|"]
     for config, row in facts["configs"].items():
         lines.append("| %s | %d | %s | %s | %s | %.2fx |" % (
-            CONFIG_TEXT[config], row["call_count"], seconds_text(row["task"]), seconds_text(row["module_own"]),
+            CONFIG_TEXT.get(config, config), row["call_count"], seconds_text(row["task"]), seconds_text(row["module_own"]),
             seconds_text(row["raw_calls"]), row["own_vs_raw"]))
+    reuse = facts.get("reuse")
+    if reuse:
+        lines += ["", "Reusing the expansion data of an unchanged host (task time, median): probing %s, cache hit %s (%.1fx faster), "
+                  "previous: %s (%.1fx faster); the reused data of all virt types is %d kB of JSON. Once the payload is built, as "
+                  "for each further host of a run: cache hit %s, previous: %s, bare task %s."
+                  % (seconds_text(reuse["probing"]), seconds_text(reuse["cache"]), reuse["cache_speedup"],
+                     seconds_text(reuse["previous"]), reuse["previous_speedup"], reuse["expansion_data_bytes"] // 1000,
+                     seconds_text(reuse["cache_built"]), seconds_text(reuse["previous_built"]), seconds_text(reuse["floor_built"]))]
     return lines + [""]
 
 

@@ -5,7 +5,8 @@
 Round trips of one probe: getLibVersion, getVersion, getCapabilities, then per virt type one
 getDomainCapabilities and two baselineHypervisorCPU (expanded, expanded + migratable).
 verify_modes adds per verified mode createXML + XMLDesc + destroy (and the same again for the
-retry with a known fix).
+retry with a known fix). The expansion data adds getURI, then for each virt type whose data is not
+reused (``_facts_cache``) its probe guests (``_probe_qemu``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import (
     LibvirtCallError,
@@ -22,7 +23,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
     libvirt_message,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe_qemu import expansion_data_from_libvirt
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache import collect_inputs, compact_inputs, inputs_fingerprint
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     VERIFIABLE_MODES,
     VIRT_TYPES,
@@ -176,6 +177,10 @@ def gather_expansion_data(conn, entries: Dict[str, Entry], capabilities_xml: str
     """
     if not entries:
         return {}, {}
+    # Imported only when QEMU is measured: an unchanged host reusing its data does not compile it.
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe_qemu import (  # pylint: disable=import-outside-toplevel
+        expansion_data_from_libvirt,
+    )
     with ThreadPoolExecutor(max_workers=len(entries)) as pool:
         futures = {virt_type: pool.submit(expansion_data_from_libvirt, conn, entry, capabilities_xml, domcaps[virt_type],
                                           rules=rules)
@@ -200,13 +205,46 @@ def not_offered_reason(virt_type: str, arch: str) -> str:
     return "libvirt's capabilities offer no '%s' domain for %s guests; %s" % (virt_type, arch, hint)
 
 
-def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False, expansion: bool = False) -> Dict[str, Any]:
+def expansion_inputs(conn, versions: Dict[str, int], host: Dict[str, Any], domcaps: Dict[str, str],
+                     entries: Dict[str, Entry]) -> Dict[str, Dict[str, Any]]:
+    """Per virt type ``{"inputs": fingerprint, "inputs_detail": compact inputs}`` of its expansion data
+    (``_facts_cache``): what was read already, plus a stat of the QEMU binary, the kernel and the CPU map."""
+    uri = call("reading the connection's URI (getURI)", conn.getURI)
+    emulators = {virt_type: entry["emulator"] for virt_type, entry in entries.items()}
+    found = collect_inputs(uri, versions, host, {virt_type: domcaps[virt_type] for virt_type in entries}, emulators)
+    return {virt_type: {"inputs": inputs_fingerprint(inputs), "inputs_detail": compact_inputs(inputs)}
+            for virt_type, inputs in found.items()}
+
+
+def reuse_or_gather(conn, entries: Dict[str, Entry], capabilities_xml: str, domcaps: Dict[str, str], versions: Dict[str, int],
+                    host: Dict[str, Any], reuse: Optional[Callable[[str, str], Optional[Dict[str, Any]]]] = None,
+                    rules: Optional[LibvirtRules] = None) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, str]]:
+    """The expansion data of every entry: what *reuse* (virt type, inputs fingerprint) returns, the rest
+    measured by ``gather_expansion_data``; each with ``inputs`` and ``inputs_detail``."""
+    inputs = expansion_inputs(conn, versions, host, domcaps, entries)
+    reused = {}
+    for virt_type in entries:
+        found = reuse(virt_type, inputs[virt_type]["inputs"]) if reuse is not None else None
+        if found is not None:
+            reused[virt_type] = found
+    data, errors = gather_expansion_data(conn, {virt_type: entry for virt_type, entry in entries.items() if virt_type not in reused},
+                                         capabilities_xml, domcaps, rules)
+    data.update(reused)
+    for virt_type, item in data.items():
+        item.update(inputs[virt_type])
+    return {virt_type: data[virt_type] for virt_type in entries if virt_type in data}, errors
+
+
+def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False, expansion: bool = False,
+          reuse: Optional[Callable[[str, str], Optional[Dict[str, Any]]]] = None) -> Dict[str, Any]:
     """Everything build_facts needs, read from *conn*.
 
     Returns ``capabilities_xml``, ``domcaps`` (virt type -> XML), ``versions``, ``expansions``,
     ``verified`` (None unless *verify*) and ``unavailable`` (virt type -> why it is missing; without
     *virt_types* every virt type of the QEMU driver is tried, so this says why kvm is absent).
-    With *expansion*, also ``expansion_data`` (virt type -> live_cpu's data) and ``expansion_errors``.
+    With *expansion*, also ``expansion_data`` (virt type -> live_cpu's data, with the fingerprint of
+    its inputs) and ``expansion_errors``; *reuse* (``_facts_cache.ExpansionReuse.lookup``) is asked
+    per virt type, with the fingerprint of the data's inputs, for data it need not measure.
     """
     versions = read_versions(conn)
     capabilities_xml = read_capabilities(conn)
@@ -232,6 +270,7 @@ def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False
     if verify:
         result["verified"] = verify_entries(conn, entries)
     result["expansion_data"], result["expansion_errors"] = (
-        gather_expansion_data(conn, entries, capabilities_xml, result["domcaps"], rules_for(versions["libvirt_version"]))
+        reuse_or_gather(conn, entries, capabilities_xml, result["domcaps"], versions, capabilities["host"], reuse,
+                        rules_for(versions["libvirt_version"]))
         if expansion else (None, {}))
     return result

@@ -65,8 +65,40 @@ options:
         and the features raising it are measured too.
       - Reads libvirt's CPU map (C(/usr/share/libvirt/cpu_map)) on the managed host.
       - Costs about 3 to 5 seconds; the virt types are probed side by side. Skipped for the XML inputs.
+      - Data that cannot have changed is reused instead of measured again, from O(previous) or the cache
+        (O(cache), O(cache_path)), see RV(ansible_facts.hostcpu.virt_types.expansion_source). Whether it can have
+        changed is told by a fingerprint of everything it depends on, read in milliseconds before any guest
+        starts (C(inputs) of RV(ansible_facts.hostcpu.virt_types.expansion)).
     type: bool
     default: true
+  previous:
+    description:
+      - The host's earlier C(ansible_facts.hostcpu) (or C(ansible_facts) holding it), for example from Ansible's fact
+        cache. Per virt type, its expansion data is reused when it was measured from the same inputs as now
+        (the same C(expansion.inputs) fingerprint) and is intact; otherwise it is ignored.
+      - Facts of another host never match unless that host has the very same libvirt, QEMU, host CPU, microcode,
+        kernel, QEMU binary and CPU map, in which case its data is the same.
+      - Wins over the cache. Only the expansion data is taken from it; everything else is read from libvirt again.
+    type: dict
+  cache:
+    description:
+      - Keep the expansion data in a file on the managed host (O(cache_path)) and reuse an entry whose inputs
+        fingerprint equals the current one, so that on an unchanged host the task takes about as long as with
+        O(expansion=false) instead of several seconds.
+      - With V(false) the file is neither read nor written.
+      - A cache file that cannot be read or is damaged is ignored with a warning and written again; one that cannot
+        be written gives a warning. Neither fails the task. The file is not written in check mode.
+    type: bool
+    default: true
+  cache_path:
+    description:
+      - The cache file on the managed host, JSON, written atomically (a temporary file beside it, then renamed)
+        with mode C(0600); its directory is created with mode C(0700) when missing.
+      - Entries are kept per libvirt URI (O(uri) as given; no O(uri) is one entry of its own) and virt type; each
+        run replaces those of its URI whose inputs changed. The entries of the 16 most recently written URIs are kept.
+      - Must be an absolute path.
+    type: path
+    default: /var/cache/hostcpu-libvirt/cpu_facts.json
   capabilities_xml:
     description:
       - The output of C(virsh capabilities) (C(virConnectGetCapabilities)) to read instead of
@@ -83,13 +115,21 @@ options:
       - Cannot be combined with O(uri) or O(verify_modes).
     type: dict
 notes:
-  - Only reads from libvirt, except for the transient guests of O(verify_modes).
-  - Supports check mode and runs the same in it.
+  - Only reads from libvirt, except for the transient guests of O(verify_modes) and O(expansion).
+  - Supports check mode and runs the same in it, except that the cache file is not written.
+  - "The fingerprint of the expansion inputs covers: the libvirt and QEMU versions; the host CPU of libvirt's
+    capabilities (model, vendor, signature, microcode, features, topology, physical address bits); the virt type's
+    domain capabilities XML (it changes with the QEMU binary, its machine types and the CPUID KVM offers); libvirt's
+    CPU map files on the managed host (name, size, mtime, inode); the data format and the version of the probe's logic.
+    For a local O(uri) (no host part) also the QEMU binary (path, size, mtime, inode) and the running kernel (release
+    and version); for a remote one these two are not seen, and a rebuilt QEMU or kernel of the same version that
+    changes neither the domain capabilities nor the versions is not noticed: use O(cache=false) there after such an
+    update."
 attributes:
   check_mode:
     details:
       - Runs exactly as without check mode and returns the facts; O(verify_modes) and O(expansion)
-        still start their transient paused guests, which leave nothing behind.
+        still start their transient paused guests, which leave nothing behind. The cache is read but not written.
 """
 
 EXAMPLES = r"""
@@ -108,6 +148,19 @@ EXAMPLES = r"""
 - name: Group hosts by the CPU their KVM guests see
   ansible.builtin.group_by:
     key: "cpu_{{ ansible_facts.hostcpu.virt_types.kvm.fingerprint[:12] }}"
+
+- name: Probe, reusing the expansion data of the last run when nothing it depends on changed
+  hostcpu.libvirt.cpu_facts:
+    previous: "{{ ansible_facts.hostcpu | default(omit) }}"
+
+- name: Always measure QEMU again, and keep no cache file
+  hostcpu.libvirt.cpu_facts:
+    cache: false
+
+- name: Keep the cache somewhere else (a user's session daemon)
+  hostcpu.libvirt.cpu_facts:
+    uri: qemu:///session
+    cache_path: "{{ ansible_env.HOME }}/.cache/hostcpu-libvirt/cpu_facts.json"
 
 - name: Read XML saved earlier, without libvirt
   hostcpu.libvirt.cpu_facts:
@@ -268,7 +321,19 @@ ansible_facts:
                   definition of every model for this accelerator, what the accelerator can give, features QEMU does not know,
                   feature dependencies, MSR writes KVM refused, and where KVM refuses MSRs the guest's CPUID does not
                   announce, those and QEMU's CPUID levels), C(format) and C(fingerprint).
+                - C(inputs) is the sha256 of everything the data depends on (see the notes); equal C(inputs) mean the
+                  data would be measured the same, which is how O(previous) and O(cache) decide to reuse it.
+                  C(inputs_detail) holds those inputs compactly (the bulky ones as their sha256), so that two facts
+                  can be compared to see which input changed.
               type: dict
+            expansion_source:
+              description:
+                - Only with O(expansion=true) and a libvirt connection. Where the expansion data comes from
+                  V(probed) (measured by this run's probe guests), V(previous) (from O(previous)) or V(cache)
+                  (from O(cache_path)); V(null) when it could not be measured.
+              type: str
+              choices: [probed, previous, cache]
+              sample: cache
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -282,6 +347,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT_TYPES, build_facts, check_virt_types
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache import DEFAULT_CACHE_PATH, ExpansionReuse
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe import probe
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import rules_for, version_warning
 
@@ -296,6 +362,9 @@ def argument_spec() -> dict:
         expansion={"type": "bool", "default": True},
         capabilities_xml={"type": "str"},
         domain_capabilities_xml={"type": "dict"},
+        previous={"type": "dict"},
+        cache={"type": "bool", "default": True},
+        cache_path={"type": "path", "default": DEFAULT_CACHE_PATH},
     )
     return spec
 
@@ -313,6 +382,9 @@ def offline_inputs(params: dict) -> dict:
 
 
 def check_option_combination(params: dict) -> None:
+    if params["cache"] and not (params["cache_path"] or "").startswith("/"):
+        raise CPUError("cache_path must be an absolute path on the managed host, got '%s'; or set cache: false"
+                       % params["cache_path"])
     offline = [name for name in OFFLINE_OPTIONS if params[name] is not None]
     if not offline:
         return
@@ -332,8 +404,13 @@ def facts_offline(params: dict) -> dict:
 
 def facts_from_libvirt(module: AnsibleModule) -> dict:
     params = module.params
+    reuse = ExpansionReuse(params["uri"], params["previous"], params["cache_path"] if params["cache"] else None)
     with connection(params["uri"]) as conn:
-        found = probe(conn, params["virt_types"], params["verify_modes"], params["expansion"])
+        found = probe(conn, params["virt_types"], params["verify_modes"], params["expansion"], reuse.lookup)
+    if params["expansion"] and not module.check_mode:
+        reuse.store(found["expansion_data"])
+    for warning in reuse.warnings:
+        module.warn(warning)
     libvirt_version = found["versions"]["libvirt_version"]
     rules_for(libvirt_version)
     if version_warning(libvirt_version):
@@ -343,11 +420,21 @@ def facts_from_libvirt(module: AnsibleModule) -> dict:
     for virt_type, reason in found["expansion_errors"].items():
         module.warn("the live-CPU expansion data of virt type %s could not be measured (live_cpu cannot predict for it): %s"
                     % (virt_type, reason))
+    for virt_type, entry in facts["virt_types"].items() if params["expansion"] else ():
+        entry["expansion_source"] = reuse.sources.get(virt_type) if entry.get("expansion") is not None else None
     facts["unavailable_virt_types"] = found["unavailable"]
     if params["virt_types"] or not facts["virt_types"]:
         for virt_type, reason in found["unavailable"].items():
             module.warn("virt type %s is not available: %s" % (virt_type, reason))
     return facts
+
+
+def invocation(params: dict) -> dict:
+    """The module_args Ansible echoes in the result, with O(previous) (whole facts, ~70 kB) summarised."""
+    previous = params.get("previous")
+    if previous is None:
+        return {"module_args": params}
+    return {"module_args": dict(params, previous="(facts of %d keys, not repeated here)" % len(previous))}
 
 
 def main() -> None:
@@ -362,7 +449,7 @@ def main() -> None:
         module.fail_json(msg=str(exc))
     except LibvirtError as exc:
         module.fail_json(msg=connection_lost_message(exc))
-    module.exit_json(changed=False, ansible_facts={"hostcpu": facts})
+    module.exit_json(changed=False, ansible_facts={"hostcpu": facts}, invocation=invocation(params))
 
 
 if __name__ == "__main__":

@@ -168,7 +168,8 @@ def test_offline_xml_gives_the_same_facts(conn, facts, virt_types, tmp_path):
         assert entry["host_model_expanded"] is None and entry["host_model_migratable"] is None
     assert offline["libvirt_version"] is None
     # expansion: measured through a probe guest, so only with a connection
-    strip = ("host_model_expanded", "host_model_migratable", "non_migratable_features", "libvirt_version", "expansion")
+    strip = ("host_model_expanded", "host_model_migratable", "non_migratable_features", "libvirt_version", "expansion",
+             "expansion_source")
     assert {vt: {k: v for k, v in e.items() if k not in strip} for vt, e in offline["virt_types"].items()} == \
         {vt: {k: v for k, v in e.items() if k not in strip} for vt, e in facts["virt_types"].items()}
     assert offline["features"] == facts["features"] and offline["model"] == facts["model"]

@@ -88,6 +88,11 @@ def module_cases(off: str, running: str, missing: str, canary: Path, port: int, 
     add("cpu_facts uri refused", "cpu_facts", {"uri": refused}, "cannot connect to libvirt", "127.0.0.1")
     add("cpu_facts uri unknown scheme", "cpu_facts", {"uri": "bogus:///system"}, "cannot connect to libvirt", "bogus:///system")
     add("cpu_facts unknown option", "cpu_facts", {"virt_type": "kvm"}, "unsupported parameters", "virt_type")
+    add("cpu_facts cache not a bool", "cpu_facts", {"cache": "sometimes"}, "cache", "bool")
+    add("cpu_facts cache_path relative", "cpu_facts", {"cache_path": "cache/cpu_facts.json"}, "cache_path must be an absolute path")
+    add("cpu_facts cache_path empty", "cpu_facts", {"cache_path": ""}, "cache_path must be an absolute path")
+    add("cpu_facts previous a list", "cpu_facts", {"previous": ["kvm"]}, "previous", "dict")
+    add("cpu_facts previous not facts", "cpu_facts", {"previous": "the facts"}, "previous", "dict")
 
     # --- domain_cpu -------------------------------------------------------------------------
     dom = hostile("domain", canary, port)
