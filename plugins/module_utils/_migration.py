@@ -104,9 +104,19 @@ def _feature_policies(cpu: CPUDict, virt_type: str) -> Dict[str, str]:
             for feature in normalize_cpu(cpu, virt_type).get("features") or ()}
 
 
+def _canonical(cpu: CPUDict, virt_type: str) -> Dict[str, Any]:
+    """The CPU as both libvirts mean it: features as a set of policies, topology with libvirt's
+    implied dies and clusters (10.1+ prints clusters='1', older versions do not know it)."""
+    result = normalize_cpu(cpu, virt_type)
+    result["features"] = _feature_policies(cpu, virt_type)
+    if result.get("topology"):
+        result["topology"] = dict({"dies": 1, "clusters": 1}, **result["topology"])
+    return result
+
+
 def _definition_changes(before: CPUDict, after: CPUDict, virt_type: str, dest: Entry) -> List[str]:
     """What differs between the live CPU on the source and the one the destination would show."""
-    if normalize_cpu(before, virt_type) == normalize_cpu(after, virt_type):
+    if _canonical(before, virt_type) == _canonical(after, virt_type):
         return []
     old, new = _feature_policies(before, virt_type), _feature_policies(after, virt_type)
     dropped = [name for name in old if name not in new]

@@ -18,8 +18,9 @@ import pytest
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._baseline import fleet_baseline, host_records
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import predict_live_cpu
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._migration import (
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._migration import (  # pylint: disable=unused-import
     MigrationInputError,
+    _definition_changes,
     migration_blockers,
     migration_verdict,
     verdict_from_facts,
@@ -151,3 +152,12 @@ def test_host_passthrough_keeps_its_cpu_only_where_qemu_and_kvm_give_the_same(fa
     assert verdict["outcome"] == outcome
     if words:
         assert words in verdict["blockers"][0] and "host-passthrough guest sees the CPU" in verdict["blockers"][0]
+
+
+def test_feature_order_and_implied_topology_are_not_changes(facts):
+    live = predict_live_cpu({"mode": "host-model"}, entry(facts, "9.0.0"))
+    reordered = dict(live, features=list(reversed(live["features"])), topology={"sockets": 1, "cores": 1, "threads": 1})
+    with_clusters = dict(live, topology={"sockets": 1, "dies": 1, "clusters": 1, "cores": 1, "threads": 1})
+    assert _definition_changes(reordered, with_clusters, "qemu", entry(facts, "12.8.0")) == []
+    dropped = dict(live, features=live["features"][1:])
+    assert "drops %s" % live["features"][0]["name"] in _definition_changes(live, dropped, "qemu", entry(facts, "12.8.0"))[0]
