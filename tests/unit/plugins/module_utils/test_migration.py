@@ -18,7 +18,7 @@ import pytest
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._baseline import fleet_baseline, host_records
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import predict_live_cpu
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._migration import (  # pylint: disable=unused-import
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._migration import (
     MigrationInputError,
     _definition_changes,
     migration_blockers,
