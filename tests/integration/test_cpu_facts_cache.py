@@ -118,8 +118,9 @@ def tampered(runs, virt_types) -> Dict[str, Any]:
         content["entries"][""][damaged]["qemu"]["supported"] = "1"
     path.write_text(json.dumps(content))
     before = path.read_bytes()
-    check, real = run_playbook([module_task("cpu_facts", {"cache_path": str(path)}, check_mode=True),
-                                module_task("cpu_facts", {"cache_path": str(path)})], runs["tmp"])
+    results = run_playbook([module_task("cpu_facts", {"cache_path": str(path)}, check_mode=True),
+                            module_task("cpu_facts", {"cache_path": str(path)})], runs["tmp"])
+    check, real = results[0], results[1]
     return {"path": path, "before": before, "check": check, "real": real, "changed": changed, "damaged": damaged}
 
 
@@ -153,11 +154,12 @@ def test_check_mode_creates_no_cache_and_cache_false_reads_and_writes_nothing(tm
     garbage = tmp_path / "garbage.json"
     garbage.write_text("{garbage")
     fresh = tmp_path / "off" / "cpu_facts.json"
-    check, off, off_fresh = run_playbook([
+    results = run_playbook([
         module_task("cpu_facts", {"cache_path": str(checked), "virt_types": ["qemu"]}, check_mode=True),
         module_task("cpu_facts", {"cache": False, "cache_path": str(garbage), "virt_types": ["qemu"]}),
         module_task("cpu_facts", {"cache": False, "cache_path": str(fresh), "virt_types": ["qemu"], "expansion": True}),
     ], tmp_path)
+    check, off, off_fresh = results[0], results[1], results[2]
     assert sources(check) == {"qemu": "probed"} and not checked.parent.exists()
     assert sources(off) == {"qemu": "probed"} and cache_warnings(off) == []
     assert garbage.read_text() == "{garbage"
