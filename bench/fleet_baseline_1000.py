@@ -11,7 +11,10 @@ Two fleets are timed, through the filter itself (as a playbook calls it, with th
 controller):
 
 * "kinds": HOSTS hosts of KINDS distinct kinds (a real fleet has a few CPU generations),
-* "distinct": HOSTS hosts, every one different (the worst case: nothing is shared).
+* "distinct": HOSTS hosts, every one different (the worst case: nothing is shared),
+* "mixed": LARGE hosts (10,000) of LARGE_KINDS kinds (50), variants of the four testbed hosts' real
+  facts (libvirt 7.0, 9.0, 11.3 and 12.8, kvm and qemu): a fleet of mixed versions, where each
+  libvirt's CPU map must be decoded once, not once per host (the count is printed).
 
 Each is timed cold (every cache emptied: host views, CPU maps, prediction contexts, facts already
 checked; as in the fresh Ansible worker process that runs a task) and warm
@@ -33,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "unit" / "plugins" / "module_utils"))
-from fleet_facts import real_facts, variant  # noqa: E402  pylint: disable=wrong-import-position
+from fleet_facts import real_facts, facts_by_version, variant  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.hostcpu.libvirt.plugins.filter.fleet import fleet_baseline  # noqa: E402
 from ansible_collections.hostcpu.libvirt.plugins.module_utils import _baseline, _cpu_map, _expansion, _shape  # noqa: E402
@@ -52,12 +55,22 @@ def fleet(hosts: int, kinds: int, seed: int) -> list:
             for index in range(hosts)]
 
 
+def mixed_fleet(hosts: int, kinds: int, seed: int) -> list:
+    """*hosts* records of *kinds* variants of the testbed hosts' facts, every libvirt version and virt type."""
+    bases = [facts["virt_types"][virt_type] for facts in facts_by_version().values() for virt_type in ("kvm", "qemu")]
+    rng = random.Random(seed)
+    variants = [variant(bases[index % len(bases)], rng, rng.randint(1, 6)) for index in range(kinds)]
+    return [{"name": "host%05d" % index, "facts": json.loads(json.dumps(variants[index % kinds]))}
+            for index in range(hosts)]
+
+
 def clear_caches() -> None:
     """Every cache of the collection's code, as in the fresh Ansible worker that runs the task (plugins are imported already)."""
     _baseline._VIEWS.clear()  # pylint: disable=protected-access
     _baseline._CONTROLLER_MAP.clear()  # pylint: disable=protected-access
     _expansion._CONTEXTS.clear()  # pylint: disable=protected-access
     _cpu_map._CPU_MAPS.clear()  # pylint: disable=protected-access
+    _cpu_map._MAPS_OF_DATA.clear()  # pylint: disable=protected-access
     _shape._CHECKED.clear()  # pylint: disable=protected-access
 
 
@@ -92,11 +105,34 @@ def profile_cold(hosts: list, top: int = 8) -> list:
     return [{"function": name, "seconds": seconds} for name, seconds in sorted(ours, key=lambda item: -item[1])[:top]]
 
 
-def measure(hosts_count: int, kinds: int, repeat: int, seed: int = 1) -> dict:
-    """Cold and warm seconds (medians of *repeat*) for a fleet of *kinds* kinds and one of all-distinct hosts."""
-    result = {"hosts": hosts_count, "rounds": repeat}
-    for label, kind_count in (("kinds", kinds), ("distinct", hosts_count)):
-        hosts = fleet(hosts_count, kind_count, seed)
+class MapDecodes:
+    """Counts CPUMap.from_facts calls (the decoding of a host's CPU map) while it is entered."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._original = _cpu_map.CPUMap.from_facts
+
+    def __enter__(self) -> "MapDecodes":
+        original = self._original
+
+        def counted(data):
+            self.count += 1
+            return original.__func__(_cpu_map.CPUMap, data)
+        _cpu_map.CPUMap.from_facts = counted
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _cpu_map.CPUMap.from_facts = self._original
+
+
+def measure(hosts_count: int, kinds: int, repeat: int, seed: int = 1, large: int = 10000, large_kinds: int = 50) -> dict:
+    """Cold and warm seconds (medians of *repeat*) for a fleet of *kinds* kinds, one of all-distinct
+    hosts and a mixed-version fleet of *large* hosts of *large_kinds* kinds."""
+    result = {"hosts": hosts_count, "rounds": repeat, "large": large, "large_kinds": large_kinds}
+    fleets = (("kinds", lambda: fleet(hosts_count, kinds, seed)), ("distinct", lambda: fleet(hosts_count, hosts_count, seed)),
+              ("mixed", lambda: mixed_fleet(large, large_kinds, seed)))
+    for label, make in fleets:
+        hosts = make()
         colds, warms = [], []
         cpu = None
         for _round in range(repeat):
@@ -104,8 +140,13 @@ def measure(hosts_count: int, kinds: int, repeat: int, seed: int = 1) -> dict:
             colds.append(seconds)
             seconds, _cpu = timed(hosts, cold=False)
             warms.append(seconds)
+        clear_caches()
+        with MapDecodes() as decodes:
+            fleet_baseline(hosts)
         features = cpu.get("features") or []
         result[label] = {
+            "hosts": len(hosts),
+            "map_decodes": decodes.count,
             "profile": profile_cold(hosts),
             "distinct": check(hosts, cpu),
             "cold": statistics.median(colds),
@@ -125,12 +166,14 @@ def main() -> int:
     parser.add_argument("--kinds", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--large", type=int, default=10000, help="hosts of the mixed-version fleet")
+    parser.add_argument("--large-kinds", type=int, default=50)
     args = parser.parse_args()
-    result = measure(args.hosts, args.kinds, args.repeat, args.seed)
-    for label in ("kinds", "distinct"):
+    result = measure(args.hosts, args.kinds, args.repeat, args.seed, args.large, args.large_kinds)
+    for label in ("kinds", "distinct", "mixed"):
         entry = result[label]
-        print("%-8s %5d hosts, %4d distinct: cold %.3f s (median of %d), warm %.3f s; model %s, %d required, %d disabled"
-              % (label, args.hosts, entry["distinct"], entry["cold"], args.repeat, entry["warm"],
+        print("%-8s %5d hosts, %4d distinct: cold %.3f s (median of %d), warm %.3f s; %d CPU maps decoded; model %s, %d required, %d disabled"
+              % (label, entry["hosts"], entry["distinct"], entry["cold"], args.repeat, entry["warm"], entry["map_decodes"],
                  entry["model"], entry["required"], entry["disabled"]))
     return 0
 

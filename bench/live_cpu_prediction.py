@@ -50,6 +50,7 @@ def one_round(facts: dict, cases: list, cold: bool) -> float:
         if cold:
             _expansion._CONTEXTS.clear()  # pylint: disable=protected-access
             _cpu_map._CPU_MAPS.clear()  # pylint: disable=protected-access
+            _cpu_map._MAPS_OF_DATA.clear()  # pylint: disable=protected-access
             _shape._CHECKED.clear()  # pylint: disable=protected-access
         try:
             live_cpu(cpu, facts, virt_type)

@@ -12,7 +12,7 @@ Sections (all by default, --sections to choose):
 * facts: cpu_facts against the raw libvirt calls it makes, and probing against reusing the
   expansion data of an unchanged host (cache hit, previous:) (bench/facts.py);
 * live: live_cpu predictions per second (bench/live_cpu_prediction.py);
-* fleet: fleet_baseline over 1000 synthetic hosts (bench/fleet_baseline_1000.py).
+* fleet: fleet_baseline over 1000 synthetic hosts and 10,000 of mixed versions (bench/fleet_baseline_1000.py).
 
 Prints medians, ratios and each target with its status, and writes them to
 bench/results/latest.md and latest.json (--output to write elsewhere, --output - for none).
@@ -166,6 +166,7 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         ("live_cpu per prediction, warm (one host's facts)", live.get("warm", {}).get("median_ms"), "<", 1, "ms"),
         ("fleet_baseline, 1000 hosts of 20 kinds, cold", _ms(fleet.get("kinds", {}).get("cold")), "<", 100, "ms"),
         ("fleet_baseline, 1000 hosts all different, cold", _ms(fleet.get("distinct", {}).get("cold")), "<", 100, "ms"),
+        ("fleet_baseline, 10000 hosts of 50 kinds, 4 libvirt versions, cold", _ms(fleet.get("mixed", {}).get("cold")), "<", 300, "ms"),
     ]
     checks: Dict[str, Callable[[float, float], bool]] = {
         "<=": lambda v, limit: v <= limit, ">=": lambda v, limit: v >= limit,
@@ -306,13 +307,18 @@ def live_lines(live: Dict[str, Any]) -> List[str]:
 
 
 def fleet_lines(fleet: Dict[str, Any]) -> List[str]:
-    lines = ["### fleet_baseline over %s synthetic hosts" % fleet.get("hosts", 1000), ""]
+    lines = ["### fleet_baseline over synthetic hosts", ""]
     if not fleet.get("available"):
         return lines + ["not available yet (%s)" % fleet.get("why"), ""]
-    for label, text in (("kinds", "20 kinds of host"), ("distinct", "every host different")):
-        row = fleet[label]
-        lines.append("- %s (%d distinct): cold %s, warm %s (median of %d); the result: %s, %d required, %d disabled features"
-                     % (text, row["distinct"], seconds_text(row["cold"]), seconds_text(row["warm"]), fleet["rounds"],
+    texts = (("kinds", "%s hosts of 20 kinds" % fleet.get("hosts", 1000)), ("distinct", "%s hosts, every one different" % fleet.get("hosts", 1000)),
+             ("mixed", "%s hosts of %s kinds from the four testbed hosts (libvirt 7.0 to 12.8)" % (fleet.get("large"), fleet.get("large_kinds"))))
+    for label, text in texts:
+        row = fleet.get(label)
+        if row is None:
+            continue
+        decodes = "; %d CPU maps decoded" % row["map_decodes"] if "map_decodes" in row else ""
+        lines.append("- %s (%d distinct): cold %s, warm %s (median of %d)%s; the result: %s, %d required, %d disabled features"
+                     % (text, row["distinct"], seconds_text(row["cold"]), seconds_text(row["warm"]), fleet["rounds"], decodes,
                         row["model"], row["required"], row["disabled"]))
         if row.get("profile"):
             lines.append("  - cProfile of one cold call (cumulative, profiler overhead included): %s"

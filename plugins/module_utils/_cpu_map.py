@@ -10,6 +10,7 @@ with the fewest changes). Pure: files in, data out.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
@@ -373,7 +374,11 @@ class CPUMap:
         return names_of(mask, self.names)
 
 
-_CPU_MAPS: "OrderedDict[Tuple[Any, ...], CPUMap]" = OrderedDict()
+# The map of each expansion data object seen, by identity (the object is kept, so its id is not
+# reused while it is here): the baseline reads one host's map several times.
+_MAPS_OF_DATA: "OrderedDict[int, Tuple[Mapping[str, Any], CPUMap]]" = OrderedDict()
+DATA_CACHE_SIZE = 4096
+_CPU_MAPS: "OrderedDict[Tuple[int, int], List[Tuple[List[str], Any, Any, CPUMap]]]" = OrderedDict()
 
 
 def cpu_map_of(data: Mapping[str, Any]) -> CPUMap:
@@ -381,18 +386,36 @@ def cpu_map_of(data: Mapping[str, Any]) -> CPUMap:
 
     Every host with one libvirt version carries the same map, while the rest of their expansion
     data differs: decoding it once instead of once per host halves a cold prediction context.
-    The key is the map's own content, not the data's fingerprint.
+    The map's own content decides (compared with ``==``, in C), not the data's fingerprint.
     """
+    seen = _MAPS_OF_DATA.get(id(data))
+    if seen is not None and seen[0] is data:
+        return seen[1]
     features, models = data.get("features"), data.get("models")
     if not isinstance(features, list) or not isinstance(models, Mapping):
         return CPUMap.from_facts(data)
-    key = (tuple(features), repr(models), repr(data.get("model_order")))
-    cpu_map = _CPU_MAPS.get(key)
-    if cpu_map is None:
-        cpu_map = CPUMap.from_facts(data)
-        _CPU_MAPS[key] = cpu_map
+    cpu_map = _shared_map(features, models, data)
+    _MAPS_OF_DATA[id(data)] = (data, cpu_map)
+    while len(_MAPS_OF_DATA) > DATA_CACHE_SIZE:
+        _MAPS_OF_DATA.popitem(last=False)
+    return cpu_map
+
+
+def _shared_map(features: List[str], models: Mapping[str, Any], data: Mapping[str, Any]) -> CPUMap:
+    """The CPUMap decoded before from equal features, models and model order, else *data*'s own."""
+    model_order = data.get("model_order")
+    key = (len(features), len(models))
+    maps = _CPU_MAPS.get(key)
+    if maps is None:
+        maps = _CPU_MAPS[key] = []
         while len(_CPU_MAPS) > CPU_MAP_CACHE_SIZE:
             _CPU_MAPS.popitem(last=False)
+    for known_features, known_models, known_order, cpu_map in maps:
+        if features == known_features and models == known_models and model_order == known_order:
+            return cpu_map
+    cpu_map = CPUMap.from_facts(data)
+    maps.append((list(features), copy.deepcopy(models), copy.deepcopy(model_order), cpu_map))
+    del maps[:-CPU_MAP_CACHE_SIZE]
     return cpu_map
 
 

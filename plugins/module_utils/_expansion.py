@@ -41,7 +41,7 @@ is stored compactly: feature sets are hex bit masks over the CPU map's feature l
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import (
     DISABLING,
@@ -75,6 +75,32 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import p
 CONTEXT_CACHE_SIZE = 1024
 # QEMU's IS_INTEL_CPU / IS_ZHAOXIN_CPU vendors: no cmp_legacy for multi-core packages.
 INTEL_LIKE_VENDORS = ("GenuineIntel", "CentaurHauls", "  Shanghai  ")
+
+
+class _BlockerMasks(Mapping):
+    """The blocker mask of each model the hypervisor accepts, worked out when first read: a
+    prediction reads one or two of some 60, and a fleet builds a Context per distinct host."""
+
+    def __init__(self, names: Iterable[str], blocker_mask: Callable[[str], Mask]):
+        self._names = dict.fromkeys(names)
+        self._masks: Dict[str, Mask] = {}
+        self._blocker_mask = blocker_mask
+
+    def __getitem__(self, name: str) -> Mask:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._masks:
+            self._masks[name] = self._blocker_mask(name)
+        return self._masks[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 class Context:
@@ -121,7 +147,7 @@ class Context:
         self.usable = {model.get("name"): model.get("usable") for model in custom_models}
         self.blockers = {model.get("name"): tuple(model.get("blockers") or ()) for model in custom_models
                          if model.get("blockers") is not None}
-        self.allowed = {name: self._blocker_mask(name) for name in names}
+        self.allowed: Mapping[str, Mask] = _BlockerMasks(names, self._blocker_mask)
         self.reported = self._reported_host_model((modes.get("host-model") or {}).get("cpu"))
 
     def _blocker_mask(self, name: str) -> Mask:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any, List, Optional, Tuple
+from operator import itemgetter, methodcaller
+from typing import Any, Dict, List, Optional, Tuple
 from typing import Mapping as TypingMapping
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import CPUDefinitionError, CPUDict, cpu_from_xml
@@ -217,9 +218,10 @@ def select_entries(items: Sequence[Tuple[Any, Optional[str], str, bool]]) -> Lis
     """
     checked = set()
     selected = []
+    identities = _Identities()
     for facts, virt_type, what, strict in items:
         entry, label = _selected(facts, virt_type, what, strict)
-        identity = entry_identity(entry)
+        identity = identities.of(entry)
         if identity is None or identity not in checked:
             check_entry(entry, what, label)
             if identity is not None:
@@ -228,9 +230,8 @@ def select_entries(items: Sequence[Tuple[Any, Optional[str], str, bool]]) -> Lis
     return selected
 
 
-def entry_identity(entry: Entry) -> Optional[Tuple[Any, ...]]:
-    """The facts' own fingerprints, virt type, arch and migratable host-model features, or None when
-    one of them is missing or of the wrong type (then only a full check can tell)."""
+def _identity_prefix(entry: Entry) -> Optional[Tuple[Any, ...]]:
+    """The fingerprints, virt type and arch of ``entry_identity``, or None when one is unusable."""
     entry_fingerprint, data = entry.get("fingerprint"), entry.get("expansion")
     if not isinstance(entry_fingerprint, str) or not entry_fingerprint:
         return None
@@ -240,19 +241,83 @@ def entry_identity(entry: Entry) -> Optional[Tuple[Any, ...]]:
     domain_type, arch = entry.get("domain_type"), entry.get("arch")
     if not isinstance(domain_type, str) or not (arch is None or isinstance(arch, str)):
         return None
+    return (entry_fingerprint, data_fingerprint, domain_type, arch)
+
+
+_NO_MIGRATABLE, _NOT_A_MAPPING = object(), object()
+
+
+def _migratable_features(entry: Entry) -> Any:
+    """host_model_migratable's features, or a marker when there is no host_model_migratable or it is no mapping."""
     migratable = entry.get("host_model_migratable")
     if migratable is None:
-        return (entry_fingerprint, data_fingerprint, domain_type, arch, None)
-    features = migratable.get("features") if _is_mapping(migratable) else None
-    if features is None or isinstance(features, (str, bytes)) or _is_mapping(features):
+        return _NO_MIGRATABLE
+    return migratable.get("features") if _is_mapping(migratable) else _NOT_A_MAPPING
+
+
+def entry_identity(entry: Entry) -> Optional[Tuple[Any, ...]]:
+    """The facts' own fingerprints, virt type, arch and migratable host-model features, or None when
+    one of them is missing or of the wrong type (then only a full check can tell)."""
+    prefix = _identity_prefix(entry)
+    if prefix is None:
         return None
+    features = _migratable_features(entry)
+    if features is _NO_MIGRATABLE:
+        return prefix + (None,)
+    if features is None or features is _NOT_A_MAPPING or isinstance(features, (str, bytes)) or _is_mapping(features):
+        return None
+    pairs = _feature_pairs(features)
+    return None if pairs is None else prefix + (pairs,)
+
+
+# Entries claiming one host's fingerprints with different migratable features (hand-edited facts)
+# are compared with at most this many before their identity is worked out in full.
+IDENTITY_CANDIDATES = 8
+
+
+class _Identities:
+    """``entry_identity`` over the entries of one fleet: an entry whose prefix and migratable features
+    equal (``==``, in C) those of an entry seen before gets that entry's identity without working it out."""
+
+    def __init__(self) -> None:
+        self._seen: Dict[Tuple[Any, ...], List[Tuple[Any, Tuple[Any, ...]]]] = {}
+
+    def of(self, entry: Entry) -> Optional[Tuple[Any, ...]]:
+        prefix = _identity_prefix(entry)
+        if prefix is None:
+            return None
+        features = _migratable_features(entry)
+        candidates = self._seen.setdefault(prefix, [])
+        for known, identity in candidates:
+            if features == known:
+                return identity
+        identity = entry_identity(entry)
+        if identity is not None and len(candidates) < IDENTITY_CANDIDATES:
+            candidates.append((features, identity))
+        return identity
+
+
+_NAME_OF = itemgetter("name")
+_POLICY_OF = methodcaller("get", "policy")
+_POLICY_TYPES = frozenset((str, type(None)))
+
+
+def _feature_pairs(features: Any) -> Optional[Tuple[str, str]]:
+    """The names and policies of a features list as two strings, or None when it is not a list of
+    {name: str, policy: str or null}.
+
+    Runs once per host of a fleet (10,000 of them) and its result is hashed at every lookup: the
+    common case iterates in C, and strings keep their hash where a tuple of pairs computes it again.
+    """
     try:
-        pairs = tuple([(feature["name"], feature.get("policy")) for feature in features])
+        names = "\x1f".join(map(_NAME_OF, features))
+        policies = list(map(_POLICY_OF, features))
     except (TypeError, KeyError, AttributeError, IndexError):
         return None
-    if not all(isinstance(name, str) and (policy is None or isinstance(policy, str)) for name, policy in pairs):
+    if not set(map(type, policies)) <= _POLICY_TYPES and not all(policy is None or isinstance(policy, str)
+                                                                 for policy in policies):
         return None
-    return (entry_fingerprint, data_fingerprint, domain_type, arch, pairs)
+    return names, "\x1f".join(map(str, policies))
 
 
 def _selected(facts: Any, virt_type: Optional[str], what: str, strict: bool) -> Tuple[Entry, Optional[str]]:

@@ -4,6 +4,8 @@
 
 * ``real_facts()``: this machine's ``hostcpu`` facts (kvm and qemu) with the expansion data
   ``_expansion_data.expansion_data_from_xml`` builds from ``fixtures/expansion`` (what cpu_facts stores).
+* ``facts_by_version()``: the facts of the four testbed hosts (libvirt 7.0, 9.0, 11.3, 12.8), as
+  recorded by ``make testbed-fixtures``.
 * ``variant(entry, rng, drop)``: a host "like this one" that lacks *drop* random features of its
   host-model CPU (not of the models usable there): QEMU cannot give them there (gone from what the accelerator supports), libvirt's
   host-model CPU and its expansions no longer list them, models that need them are not usable.
@@ -61,6 +63,14 @@ def _real_facts_json() -> str:
 def real_facts() -> Dict[str, Any]:
     """A fresh copy of this machine's facts, with expansion data for both virt types."""
     return json.loads(_real_facts_json())
+
+
+TESTBED = UNIT / "fixtures" / "versions"
+
+
+def facts_by_version() -> Dict[str, Dict[str, Any]]:
+    """The facts cpu_facts gathered on the testbed hosts, by libvirt version (7.0.0, 9.0.0, 11.3.0, 12.8.0)."""
+    return {path.parent.name: json.loads(read(path)) for path in sorted(TESTBED.glob("*/cpu_facts.json"))}
 
 
 def without_expansion(entry: Mapping[str, Any]) -> Dict[str, Any]:

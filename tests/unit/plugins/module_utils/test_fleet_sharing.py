@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from fleet_facts import real_facts, variant
+from fleet_facts import real_facts, facts_by_version, variant
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils import _baseline, _expansion, _shape
 from ansible_collections.hostcpu.libvirt.plugins.module_utils import _cpu_map
@@ -21,7 +21,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import Fact
 
 @pytest.fixture(autouse=True)
 def empty_caches():
-    for cache in (_baseline._VIEWS, _expansion._CONTEXTS, _cpu_map._CPU_MAPS, _shape._CHECKED):  # pylint: disable=protected-access
+    for cache in (_baseline._VIEWS, _expansion._CONTEXTS, _cpu_map._CPU_MAPS, _cpu_map._MAPS_OF_DATA, _shape._CHECKED):  # pylint: disable=protected-access
         cache.clear()
     yield
 
@@ -55,6 +55,17 @@ def test_hosts_with_one_cpu_map_share_its_decoding(monkeypatch):
     assert len({id(context) for context in contexts}) == 6
     assert len({id(context.map) for context in contexts}) == 1
     assert decoded[0] == 1
+
+
+def test_a_mixed_version_fleet_decodes_each_libvirts_map_once(monkeypatch):
+    """kvm and qemu of one libvirt carry one map; each of the four versions its own."""
+    entries = [entry for facts in facts_by_version().values() for virt_type in ("kvm", "qemu")
+               for entry in copies(facts["virt_types"][virt_type], 3)]
+    decoded = count_calls(monkeypatch, _cpu_map.CPUMap, "from_facts")
+    maps = [_expansion.context_for(entry).map for entry in entries] + [_cpu_map.cpu_map_of(entry["expansion"]) for entry in entries]
+    assert decoded[0] == len({id(cpu_map) for cpu_map in maps}) == 4
+    assert [cpu_map.names for cpu_map in maps[:24:6]] == [_cpu_map.CPUMap.from_facts(facts["virt_types"]["kvm"]["expansion"]).names
+                                                          for facts in facts_by_version().values()]
 
 
 def test_a_different_cpu_map_is_decoded_on_its_own():
@@ -125,3 +136,39 @@ def test_without_a_trustworthy_identity_every_entry_is_checked(damage):
     if _shape.entry_problems(entry):
         with pytest.raises(FactsShapeError, match="the facts of h2"):
             select_entries([(good, None, "the facts of h1", False), (entry, None, "the facts of h2", False)])
+
+
+def _edited(entry: Dict[str, Any], edit) -> Dict[str, Any]:
+    entry = copy.deepcopy(entry)
+    edit(entry)
+    return entry
+
+
+def test_each_entry_gets_its_own_identity_whatever_came_before_with_the_same_fingerprints():
+    """select_entries reuses the identity of an earlier entry with equal migratable features: never for
+    entries that differ, and the same as entry_identity works out alone."""
+    good = real_facts()["virt_types"]["kvm"]
+    features = good["host_model_migratable"]["features"]
+    entries = copies(good, 2) + [
+        _edited(good, lambda entry: entry.update(host_model_migratable=None)),
+        _edited(good, lambda entry: entry["host_model_migratable"]["features"][0].update(policy="disable")),
+        _edited(good, lambda entry: entry["host_model_migratable"]["features"].reverse()),
+        _edited(good, lambda entry: entry["host_model_migratable"]["features"].pop()),
+        _edited(good, lambda entry: entry["host_model_migratable"].update(features=[dict(f, policy=f.get("policy")) for f in features])),
+    ] + copies(good, 1)
+    selected = select_entries([(entry, None, "host %d" % index, False) for index, entry in enumerate(entries)])
+    identities = [identity for _entry, identity in selected]
+    assert identities == [entry_identity(entry) for entry in entries]
+    assert identities[0] == identities[1] == identities[-1]
+    assert len(set(identities[:6])) == 5 and identities[2][-1] is None
+
+
+def test_many_entries_claiming_one_host_with_other_features_each_get_their_own_identity():
+    good = real_facts()["virt_types"]["kvm"]
+    count = _shape.IDENTITY_CANDIDATES + 4
+    entries = [_edited(good, lambda entry, drop=drop: entry["host_model_migratable"]["features"].pop(drop))
+               for drop in range(count)]
+    selected = select_entries([(entry, None, "host %d" % index, False) for index, entry in enumerate(entries + entries)])
+    identities = [identity for _entry, identity in selected]
+    assert len(set(identities)) == count
+    assert identities == [entry_identity(entry) for entry in entries + entries]
