@@ -10,7 +10,6 @@ with the fewest changes). Pure: files in, data out.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
@@ -414,9 +413,19 @@ def _shared_map(features: List[str], models: Mapping[str, Any], data: Mapping[st
         if features == known_features and models == known_models and model_order == known_order:
             return cpu_map
     cpu_map = CPUMap.from_facts(data)
-    maps.append((list(features), copy.deepcopy(models), copy.deepcopy(model_order), cpu_map))
+    maps.append((list(features), _plain(models), _plain(model_order), cpu_map))
     del maps[:-CPU_MAP_CACHE_SIZE]
     return cpu_map
+
+
+def _plain(value: Any) -> Any:
+    """A copy of JSON-like *value* as plain dicts and lists (``copy.deepcopy`` of Ansible's lazy
+    template containers copies their templating context too: gigabytes for a fleet's hostvars)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _names(value: Any, what: str) -> Tuple[str, ...]:
