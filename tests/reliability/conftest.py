@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import grp
@@ -356,6 +357,7 @@ def ansible_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         "ANSIBLE_DEPRECATION_WARNINGS": "0",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
         "PYTHONPATH": str(COLLECTIONS),
+        "PYTHONFAULTHANDLER": "1",
     })
     env.update(extra or {})
     return env
@@ -414,15 +416,59 @@ def start_playbook(plays: List[Dict[str, Any]], directory: Path, env: Optional[D
     return proc, time.monotonic()
 
 
+def descendants(root: int) -> List[Tuple[int, str]]:
+    """(pid, command line) of *root* and every process below it, parents first (Ansible's workers
+    start their own sessions, so the process group does not hold them)."""
+    parents: Dict[int, int] = {}
+    commands: Dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop(0)
+        found.append((pid, commands.get(pid, "?")))
+        frontier.extend(child for child, parent in sorted(parents.items()) if parent == pid)
+    return found
+
+
+def signal_all(pids: List[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+
+
+def end_hung_run(proc: subprocess.Popen) -> str:
+    """What a hung run was doing: its processes, then the Python stacks of all their threads
+    (PYTHONFAULTHANDLER prints them on SIGABRT: the modules' first, into the run's output, then
+    the controller's), then the end of its output. Every process of the run is gone afterwards."""
+    processes = descendants(proc.pid)
+    below = [pid for pid, _command in reversed(processes) if pid != proc.pid]
+    signal_all([pid for pid, command in processes if "AnsiballZ_" in command and not command.startswith("/bin/sh")],
+               signal.SIGABRT)
+    try:
+        stdout, stderr = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        signal_all(below + [proc.pid], signal.SIGABRT)
+        time.sleep(2)
+        signal_all([pid for pid, _command in descendants(proc.pid)], signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    signal_all(below, signal.SIGKILL)
+    listing = "\n".join("%d %s" % item for item in processes)
+    return "processes:\n%s\nstdout (end):\n%s\nstderr (end):\n%s" % (listing, stdout[-20000:], stderr[-20000:])
+
+
 def finish_playbook(started: Tuple[subprocess.Popen, float], timeout: int = 600) -> PlaybookRun:
     """Wait for the run; one that outlasts *timeout* is ended with its workers and modules (its process group)."""
     proc, began = started
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise AssertionError("ansible-playbook did not finish within %d seconds (a task hangs)" % timeout) from None
+        raise AssertionError("ansible-playbook did not finish within %d seconds (a task hangs)\n%s"
+                             % (timeout, end_hung_run(proc))) from None
     return PlaybookRun(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), time.monotonic() - began)
 
 
