@@ -39,11 +39,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # -rs: every skipped test is listed with its reason at the end.
 PYTEST := $(PY) -m pytest -rs
 
-.PHONY: help link venv system daemons setup sanity unit integration reliability accuracy fleet testdata demo test clean distclean molecule lint bench matrix release-venv release-check ee docs galaxy changelog testbed testbed-stop testbed-test testbed-fixtures testbed-molecule
+.PHONY: help link venv system daemons setup sanity unit integration reliability corpus accuracy fleet testdata demo test clean distclean molecule lint bench matrix release-venv release-check ee docs galaxy changelog testbed testbed-stop testbed-test testbed-fixtures testbed-molecule
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
-	@echo '  targets: venv system daemons setup sanity unit integration reliability accuracy fleet molecule lint matrix testdata demo bench release-check ee docs galaxy changelog testbed testbed-stop testbed-test test clean'
+	@echo '  targets: venv system daemons setup sanity unit integration reliability corpus accuracy fleet molecule lint matrix testdata demo bench release-check ee docs galaxy changelog testbed testbed-stop testbed-test test clean'
 
 # --- set-up ------------------------------------------------------------------------------
 
@@ -87,8 +87,15 @@ integration: venv daemons
 
 # Bad input, faults and concurrency (tests/reliability, about 3 minutes), against a private
 # libvirtd the suite starts, kills and restarts itself (never the daemon other suites use).
-reliability: venv daemons
+# Includes domain_cpu over a sample of libvirt's own test domains (40 files of each version).
+reliability: venv daemons testdata
 	$(PYTEST) tests/reliability
+
+# domain_cpu over every domain XML of libvirt 9.0's and 11.3's own tests (make testdata), in the
+# private libvirtd: five steps, each in check mode, for real and again; counts per step and per
+# cause in tests/output/corpus.md (tests/reliability/corpus.py says what is compared).
+corpus: venv daemons testdata
+	CORPUS_SAMPLE=0 $(PYTEST) -s tests/reliability/test_corpus.py
 
 # live_cpu's predictions vs. guests started paused on this host (tests/accuracy, a few minutes)
 # and vs. libvirt's own test data (tests/conformance); both print their match rate and fail below 100%.

@@ -24,7 +24,8 @@
 #   "3.0 (quilt)").
 # - Keeps only what the tests and the conformance harness read (KEEP below: the test data, the
 #   test programs whose case lists the harness parses, src/cpu_map and the few src/ files the
-#   harness parses or its diagnoses cite): 8-13 MB per tree instead of 160-200 MB (tarballs: ~10 MB each in dl/).
+#   harness parses or its diagnoses cite, and the domain XMLs of the corpus): 14-21 MB per tree
+#   instead of 160-200 MB (tarballs: ~10 MB each in dl/).
 # - Each tree is .cache/libvirt-src/libvirt-<debian version>; .cache/libvirt-src/<suite> points at
 #   it, and .cache/libvirt-src/current at the tree of this machine's suite (what the unit tests read).
 # - Idempotent: a suite whose tree is there costs no apt call at all.
@@ -46,7 +47,9 @@ src/qemu/qemu_validate.c src/qemu/qemu_postparse.c
 tests/cputest.c tests/cputestdata tests/domaincapsdata tests/qemucapabilitiesdata/caps_*x86_64*.xml
 tests/qemuxml2argvtest.c tests/qemuxml2argvdata/cpu-*
 tests/qemuxmlconftest.c tests/qemuxmlconfdata/cpu-*
-tests/testutilshostcpus.h tests/testutilsqemu.c tests/testutilsqemu.h"
+tests/testutilshostcpus.h tests/testutilsqemu.c tests/testutilsqemu.h
+tests/qemuxml2argvdata/*.xml tests/qemuxml2xmloutdata/*.xml tests/qemuxmlconfdata/*.xml
+tests/genericxml2xmlindata/*.xml tests/domainschemadata/*.xml"
 
 log() { echo "fetch-testdata: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -59,7 +62,9 @@ fi
 # shellcheck disable=SC1091 # the running system's file
 MACHINE_SUITE=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
 
-is_tree() { [ -d "$1/tests/cputestdata" ] && [ -f "$1/src/cpu_map/index.xml" ]; }
+# domainschemadata: the domain corpus (tests/reliability/test_corpus.py); a tree kept before it was
+# kept is fetched again (from the tarballs in dl/ when they are still there).
+is_tree() { [ -d "$1/tests/cputestdata" ] && [ -f "$1/src/cpu_map/index.xml" ] && [ -d "$1/tests/domainschemadata" ]; }
 
 # --- apt sources ---------------------------------------------------------------------------
 
@@ -227,7 +232,8 @@ fetch_tree() {
     (cd "$DEST/dl" && unpack "$uris" "$work")
     keep_only_needed "$work" "$2.tmp"
     rm -rf "$work"
-    is_tree "$2.tmp" || die "$1 has no tests/cputestdata or src/cpu_map/index.xml"
+    is_tree "$2.tmp" || die "$1 has no tests/cputestdata, src/cpu_map/index.xml or tests/domainschemadata"
+    rm -rf "$2"
     mv "$2.tmp" "$2"
     # dpkg-source -x copies nothing else; drop a .dsc's stray copies next to the tree
     rm -f "$DEST"/libvirt_*.tar.* "$DEST"/libvirt_*.dsc

@@ -43,6 +43,8 @@ install_apt() {
         libvirt-daemon-system
         libvirt-daemon-driver-qemu
         qemu-system-x86
+        qemu-system-arm
+        qemu-system-ppc
         qemu-utils
         ovmf
         libvirt-clients

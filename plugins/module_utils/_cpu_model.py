@@ -36,6 +36,9 @@ KEY_ORDER = ("mode", "match", "check", "migratable", "model", "vendor", "topolog
              "maxphysaddr", "features")
 # libvirt's default model for a custom CPU that names none (x86 pc and q35 machines).
 DEFAULT_X86_MODEL = "qemu64"
+# What libvirt stores for a domain of an architecture without <cpu> when it cannot be asked (XML mode,
+# a read-only connection): QEMU's default CPU type of its pc machines. On a host the module asks libvirt.
+KNOWN_DEFAULT_MODELS = {"x86_64": "qemu64", "i686": "qemu32"}
 # libvirt's schema (cputypes.rng featureName) for feature names; CPU model and vendor names follow it too.
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9\-_.]+")
 # cpu_conf.c: vendor_id is 12 bytes, no ',' (it goes on QEMU's command line).
@@ -404,9 +407,20 @@ def _normalize_topology(topology: Dict[str, int], libvirt_version: Optional[Tupl
     return {key: result[key] for key in TOPOLOGY_KEYS if key in result}
 
 
+def _default_model(default_model: Optional[str], given: Dict[str, Any]) -> Dict[str, Any]:
+    """The <model> libvirt fills into a custom CPU without one: QEMU's default CPU type for the
+    domain's emulator, arch and machine (*default_model*), or none when QEMU names none."""
+    kept = {key: value for key, value in given.items() if key == "vendor_id"}
+    if not default_model:
+        return kept
+    return {"name": default_model, "fallback": "forbid", **kept}
+
+
 def normalize_cpu(cpu: CPUDict, virt_type: str = "kvm",
-                  libvirt_version: Optional[Tuple[int, ...]] = None) -> CPUDict:
-    """Return the CPU as libvirt stores it after define for a domain of *virt_type*."""
+                  libvirt_version: Optional[Tuple[int, ...]] = None,
+                  default_model: Optional[str] = DEFAULT_X86_MODEL) -> CPUDict:
+    """Return the CPU as libvirt stores it after define for a domain of *virt_type* whose
+    emulator's default CPU model (for its arch and machine) is *default_model*."""
     result = copy.deepcopy(cpu)
     mode = result.setdefault("mode", "custom")
     model = dict(result.get("model") or {})
@@ -425,8 +439,9 @@ def normalize_cpu(cpu: CPUDict, virt_type: str = "kvm",
             result.setdefault("migratable", True)
     if mode == "custom":
         if not model.get("name"):
-            model = {"name": DEFAULT_X86_MODEL, "fallback": "forbid", **{k: v for k, v in model.items() if k == "vendor_id"}}
-        model.setdefault("fallback", "allow")
+            model = _default_model(default_model, model)
+        if model.get("name"):
+            model.setdefault("fallback", "allow")
         result.setdefault("match", "exact")
     result["model"] = model
     result.setdefault("check", _default_check(mode, virt_type, bool((cpu.get("model") or {}).get("name"))))

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     CPUDict,
+    DEFAULT_X86_MODEL,
     KEY_ORDER,
     MIGRATABLE_MODES,
     MODE_INDEPENDENT_KEYS,
@@ -68,6 +69,7 @@ class DomainInfo(NamedTuple):
     arch: Optional[str]
     machine: Optional[str]
     emulator: Optional[str]
+    max_vcpus: Optional[int] = None  # <vcpu>: the maximum, which a CPU topology must multiply out to
 
 
 class Span(NamedTuple):
@@ -107,7 +109,13 @@ def _info_of(root) -> DomainInfo:
         arch=None if type_el is None else type_el.get("arch"),
         machine=None if type_el is None else type_el.get("machine"),
         emulator=(root.findtext("devices/emulator") or "").strip() or None,
+        max_vcpus=_max_vcpus(root),
     )
+
+
+def _max_vcpus(root) -> Optional[int]:
+    text = (root.findtext("vcpu") or "").strip()
+    return int(text) if text.isdigit() else None
 
 
 def _cpu_of(root) -> CPUDict:
@@ -293,22 +301,35 @@ def effective_features_mode(features_mode: Optional[str], whole_cpu_given: bool)
 # planning
 
 
-def is_libvirt_default(cpu: CPUDict, virt_type: str, libvirt_version: Optional[Tuple[int, ...]] = None) -> bool:
+def is_libvirt_default(cpu: CPUDict, virt_type: str, libvirt_version: Optional[Tuple[int, ...]] = None,
+                       default_model: Optional[str] = DEFAULT_X86_MODEL) -> bool:
     """True when *cpu* (without topology, cache, maxphysaddr) is what libvirt stores for no <cpu>."""
     core = {key: value for key, value in cpu.items() if key not in MODE_INDEPENDENT_KEYS}
-    return normalize_cpu(core, virt_type, libvirt_version) == normalize_cpu(NO_CPU, virt_type, libvirt_version)
+    return (normalize_cpu(core, virt_type, libvirt_version, default_model)
+            == normalize_cpu(NO_CPU, virt_type, libvirt_version, default_model))
 
 
-def merge_base(current: CPUDict, virt_type: str, libvirt_version: Optional[Tuple[int, ...]] = None) -> CPUDict:
+def _adds_features_only(wanted: CPUDict) -> bool:
+    """The wish sets features (or topology and the like) and no mode or model of its own."""
+    return bool(wanted.get("features")) and wanted.get("mode") in (None, "custom") and not (wanted.get("model") or {}).get("name")
+
+
+def merge_base(current: CPUDict, virt_type: str, libvirt_version: Optional[Tuple[int, ...]] = None,
+               default_model: Optional[str] = DEFAULT_X86_MODEL, wanted: Optional[CPUDict] = None) -> CPUDict:
     """The CPU a wish is merged onto.
 
-    libvirt stores a domain without <cpu> as ``custom qemu64 fallback=forbid check=none``; those
-    values are libvirt's defaults, not the operator's choices, so a wish is merged onto the
-    mode-independent parts (topology, cache, maxphysaddr) only. Setting ``model: EPYC`` on such a
-    domain therefore gives what defining ``<cpu><model>EPYC</model></cpu>`` gives.
+    libvirt stores a domain without <cpu> as a custom CPU with its emulator's default model
+    (``qemu64`` or ``qemu32`` on x86, ``fallback=forbid check=none``); those values are libvirt's
+    defaults, not the operator's choices, so a wish is merged onto the mode-independent parts
+    (topology, cache, maxphysaddr) only. Setting ``model: EPYC`` on such a domain therefore gives
+    what defining ``<cpu><model>EPYC</model></cpu>`` gives. A wish of features alone keeps the
+    default model: features need one, and it is the CPU the guest has.
     """
-    if current and is_libvirt_default(current, virt_type, libvirt_version):
-        return {key: copy.deepcopy(current[key]) for key in MODE_INDEPENDENT_KEYS if key in current}
+    if current and is_libvirt_default(current, virt_type, libvirt_version, default_model):
+        base = {key: copy.deepcopy(current[key]) for key in MODE_INDEPENDENT_KEYS if key in current}
+        if wanted is not None and _adds_features_only(wanted) and (current.get("model") or {}).get("name"):
+            base.update(mode="custom", model=copy.deepcopy(current["model"]))
+        return base
     return copy.deepcopy(current)
 
 
@@ -322,17 +343,30 @@ def _drop_carried_passthrough_cache(desired: CPUDict, wanted: CPUDict) -> CPUDic
     return desired
 
 
+def needs_default_model(current: CPUDict, wanted: CPUDict, state: str) -> bool:
+    """Whether planning depends on the emulator's default CPU model: removing <cpu>, a CPU that may
+    be libvirt's default (custom, no model or fallback forbid), or a custom wish without a model."""
+    if state == "absent":
+        return True
+    model = current.get("model") or {}
+    if current.get("mode", "custom") == "custom" and (not model.get("name") or model.get("fallback") == "forbid"):
+        return True
+    return wanted.get("mode") == "custom" and not (wanted.get("model") or {}).get("name")
+
+
 def plan_cpu(current: CPUDict, wanted: CPUDict, state: str = "present", features_mode: str = "merge",
-             virt_type: str = "kvm", libvirt_version: Optional[Tuple[int, ...]] = None) -> CPUPlan:
-    """Decide the CPU to write and whether that changes what libvirt stores."""
+             virt_type: str = "kvm", libvirt_version: Optional[Tuple[int, ...]] = None,
+             default_model: Optional[str] = DEFAULT_X86_MODEL) -> CPUPlan:
+    """Decide the CPU to write and whether that changes what libvirt stores (*default_model*: what
+    libvirt fills into a custom CPU without a model for this domain, see needs_default_model)."""
     if state == "absent":
         desired: Optional[CPUDict] = None
-        desired_normalized = normalize_cpu(NO_CPU, virt_type, libvirt_version)
+        desired_normalized = normalize_cpu(NO_CPU, virt_type, libvirt_version, default_model)
     else:
-        desired = _drop_carried_passthrough_cache(merge_cpu(merge_base(current, virt_type, libvirt_version), wanted,
-                                                            features_mode), wanted)
-        desired_normalized = normalize_cpu(desired, virt_type, libvirt_version)
-    current_normalized = normalize_cpu(current, virt_type, libvirt_version)
+        base = merge_base(current, virt_type, libvirt_version, default_model, wanted)
+        desired = _drop_carried_passthrough_cache(merge_cpu(base, wanted, features_mode), wanted)
+        desired_normalized = normalize_cpu(desired, virt_type, libvirt_version, default_model)
+    current_normalized = normalize_cpu(current, virt_type, libvirt_version, default_model)
     return CPUPlan(current=ordered(current), desired=desired, changed=current_normalized != desired_normalized,
                    current_normalized=current_normalized, desired_normalized=desired_normalized)
 

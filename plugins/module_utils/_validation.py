@@ -32,12 +32,13 @@ from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, S
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     MIGRATABLE_MODES,
+    TOPOLOGY_KEYS,
     CPUDict,
     cpu_from_xml,
     normalize_cpu,
     validate_cpu,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError, brief
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     KNOWN_FIXES,
     custom_model,
@@ -58,7 +59,21 @@ MAX_LISTED = 30
 
 
 class CPUValidationError(CPUError):
-    """The CPU cannot be used for this domain on this host; the message lists every reason."""
+    """The CPU cannot be used for these domains on this host: every domain's reasons (*refused*),
+    and a message that counts and names them all before it gives the reasons (which may be cut)."""
+
+    def __init__(self, refused: Dict[str, List[str]], total: int, what: str = "cannot take this CPU") -> None:
+        super().__init__(refused, total, what)
+        self.refused = refused
+        self.total = total
+        self.what = what
+
+    def __str__(self) -> str:
+        reasons = brief(" | ".join("%s: %s" % (name, error) for name, errors in self.refused.items() for error in errors))
+        if self.total == 1:
+            return "nothing was changed: %s" % reasons
+        return ("nothing was changed: %d of %d domains %s (%s; each domain's reasons are in domains[].error): %s"
+                % (len(self.refused), self.total, self.what, ", ".join(self.refused), reasons))
 
 
 class KnownFeatures(NamedTuple):
@@ -225,6 +240,41 @@ def check_feature_names(cpu: CPUDict, known: Optional[KnownFeatures], entry: Opt
     return errors
 
 
+TOPOLOGY_NEEDED = ("sockets", "cores", "threads")
+X86_ARCHES = ("x86_64", "i686")
+
+
+def check_topology(normalized: CPUDict, max_vcpus: Optional[int], libvirt_version: Optional[Sequence[int]] = None) -> List[str]:
+    """libvirt refuses at define a topology that does not multiply out to the domain's maximum vCPU
+    count (qemuValidateDomainCpuCount; clusters count from libvirt 10.1, which knows them)."""
+    topology = normalized.get("topology")
+    if not topology:
+        return []
+    if any(not topology.get(key) for key in TOPOLOGY_NEEDED):
+        return []  # validate_cpu names the missing ones
+    counted = [key for key in TOPOLOGY_KEYS if key in topology and (key != "clusters" or rules_for(libvirt_version).topology_clusters)]
+    product = 1
+    for key in counted:
+        product *= topology[key]
+    if max_vcpus is None or product == max_vcpus:
+        return []
+    shown = " ".join("%s=%d" % (key, topology[key]) for key in counted)
+    return ["the CPU topology %s gives %d vCPUs but the domain's <vcpu> (its maximum) is %d; libvirt refuses that at "
+            "define (\"CPU topology doesn't match maximum vcpu count\"): set a topology whose product is %d, e.g. "
+            "topology: {sockets: 1, cores: %d, threads: 1}, or change the domain's <vcpu> to %d"
+            % (shown, product, max_vcpus, max_vcpus, max_vcpus, product)]
+
+
+def arch_features(arch: Optional[str], known: Optional[KnownFeatures]) -> Optional[KnownFeatures]:
+    """The feature names to check a CPU of *arch* against: libvirt's CPU map on this host, or, for an
+    architecture without one there (ppc64, s390x, arm...), none beyond the host-model CPU's, so that
+    an x86 name is not written into such a domain."""
+    if known is not None or arch in X86_ARCHES:
+        return known
+    return KnownFeatures(frozenset(), {}, "the features libvirt lists for %s guests on this host (it has no CPU map of "
+                                          "%s features; only the host-model CPU's features are known)" % (arch, arch))
+
+
 # ---------------------------------------------------------------------------------------------
 # all checks
 
@@ -284,11 +334,11 @@ def facts_features(entry: Dict[str, Any]) -> Optional[KnownFeatures]:
                          "the CPU map of libvirt %s on that host" % entry.get("libvirt_version"))
 
 
-def raise_for(findings_by_domain: Dict[str, Findings]) -> None:
-    """One CPUValidationError listing every domain's errors, when there are any."""
-    problems = ["%s: %s" % (name, error) for name, findings in findings_by_domain.items() for error in findings.errors]
-    if problems:
-        raise CPUValidationError("nothing was changed: %s" % " | ".join(problems))
+def raise_for(findings_by_domain: Dict[str, Findings], total: Optional[int] = None) -> None:
+    """One CPUValidationError naming every domain with errors (of *total* domains), when there are any."""
+    refused = {name: list(findings.errors) for name, findings in findings_by_domain.items() if findings.errors}
+    if refused:
+        raise CPUValidationError(refused, total if total is not None else len(findings_by_domain))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def virt_types(conn) -> List[str]:
 
 
 def domain_xml(name: str, virt_type: str = "kvm", cpu_xml: str = "", vcpus: int = 1, memory_mib: int = 64,
-               machine: str = "pc", devices: str = "") -> str:
+               machine: str = "pc", devices: str = "", arch: str = "x86_64", emulator: str = EMULATOR) -> str:
     """A small disk-less domain; *cpu_xml* goes where libvirt prints <cpu>."""
     return "\n".join((
         "<domain type='%s'>" % virt_type,
@@ -72,15 +72,15 @@ def domain_xml(name: str, virt_type: str = "kvm", cpu_xml: str = "", vcpus: int 
         "  <memory unit='MiB'>%d</memory>" % memory_mib,
         "  <vcpu>%d</vcpu>" % vcpus,
         "  <os>",
-        "    <type arch='x86_64' machine='%s'>hvm</type>" % machine,
+        "    <type arch='%s' machine='%s'>hvm</type>" % (arch, machine),
         "  </os>",
         "  <features>",
-        "    <acpi/>",
+        "    <acpi/>" if arch in ("x86_64", "i686") else "",
         "  </features>",
         cpu_xml,
         "  <on_crash>destroy</on_crash>",
         "  <devices>",
-        "    <emulator>%s</emulator>" % EMULATOR,
+        "    <emulator>%s</emulator>" % emulator,
         "    <memballoon model='none'/>",
         devices,
         "  </devices>",

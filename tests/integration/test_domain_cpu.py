@@ -178,6 +178,48 @@ def test_absent_leaves_libvirts_default_and_is_then_a_no_op(virt_type, virt_type
     assert not results[1]["changed"] and not results[2]["changed"]
 
 
+I386_EMULATOR = "/usr/bin/qemu-system-i386"
+# (arch, emulator, machine, a CPU to start from, QEMU 7.2's default CPU there, where feature names come from)
+OTHER_ARCHES = [("aarch64", "/usr/bin/qemu-system-aarch64", "virt", "<cpu mode='maximum'/>", "cortex-a15", "arm_features.xml"),
+                ("ppc64", "/usr/bin/qemu-system-ppc64", "pseries", "<cpu><model>POWER8</model></cpu>", "POWER9", "ppc64 guests")]
+
+
+@pytest.mark.parametrize("arch, emulator, machine, start_cpu, default, names_from", OTHER_ARCHES)
+def test_other_architectures_get_their_own_default_and_feature_names(
+        arch, emulator, machine, start_cpu, default, names_from, domains, run_tasks):
+    """TCG guests of other architectures: absent leaves their emulator's default (not qemu64) and
+    is then a no-op; an x86 feature name is refused for them (nothing written)."""
+    dom = domains.define(arch, "qemu", start_cpu, arch=arch, emulator=emulator, machine=machine, memory_mib=256)
+    name = dom.name()
+    results = run_tasks([cpu_task(name, state="absent", check_mode=True), cpu_task(name, state="absent"),
+                         cpu_task(name, state="absent"), cpu_task(name, features={"pae": "disable"})])
+    assert [result["changed"] for result in results[:3]] == [True, True, False]
+    assert results[0]["domains"][0]["cpu"] == results[1]["domains"][0]["cpu"] == stored_cpu(dom) == dict(
+        LIBVIRT_DEFAULT, model={"name": default, "fallback": "forbid"})
+    assert results[3]["failed"] and "unknown CPU feature 'pae'" in results[3]["msg"] and names_from in results[3]["msg"]
+    assert stored_cpu(dom)["model"]["name"] == default
+
+
+@pytest.mark.parametrize("virt_type", ["kvm", "qemu"])
+def test_the_default_cpu_comes_from_the_emulator_not_a_constant(conn, virt_type, virt_types, domains, run_tasks):
+    """qemu-system-i386's default CPU is qemu32: absent predicts it, is then a no-op, and a feature
+    merged onto that default keeps the model (check mode says what the real run does)."""
+    if virt_type not in virt_types:
+        pytest.skip("no usable /dev/kvm")
+    i386 = domains.define("i386", virt_type, "<cpu mode='host-model'/>", arch="i686", emulator=I386_EMULATOR)
+    qemu32 = dict(LIBVIRT_DEFAULT, model={"name": "qemu32", "fallback": "forbid"})
+    name = i386.name()
+    results = run_tasks([cpu_task(name, state="absent", check_mode=True), cpu_task(name, state="absent"),
+                         cpu_task(name, state="absent"), cpu_task(name, features={"pae": "disable"}, check_mode=True),
+                         cpu_task(name, features={"pae": "disable"}), cpu_task(name, features={"pae": "disable"})])
+    assert [result["changed"] for result in results] == [True, True, False, True, True, False]
+    assert results[0]["domains"][0]["cpu"] == results[1]["domains"][0]["cpu"] == qemu32
+    merged = dict(qemu32, check="none" if virt_type == "qemu" else "partial", features=[{"name": "pae", "policy": "disable"}])
+    assert results[3]["domains"][0]["cpu"] == results[4]["domains"][0]["cpu"] == merged
+    assert stored_cpu(i386) == merged
+    assert not [dom.name() for dom in conn.listAllDomains() if dom.name().startswith("hostcpu-throwaway-")]
+
+
 # ---------------------------------------------------------------------------------------------
 # many domains in one task
 
@@ -386,6 +428,77 @@ def test_xml_mode_edits_text_without_libvirt(domains, run_tasks):
     assert inactive(dom) == before  # the domain the XML came from was not touched
 
 
+def test_a_topology_that_does_not_fit_vcpus_is_refused_for_every_such_domain(domains, run_tasks):
+    """libvirt refuses a topology whose product is not <vcpu> at define; the check comes before any
+    write, names every refused domain, and the result has each domain with its error."""
+    fits = domains.define("fits", "qemu", "<cpu mode='host-model'/>", vcpus=4)
+    short = [domains.define("short%d" % index, "qemu", "<cpu mode='host-model'/>", vcpus=2) for index in range(2)]
+    names = [fits.name()] + [dom.name() for dom in short]
+    before = {dom.name(): inactive(dom) for dom in [fits] + short}
+    topology = {"sockets": 1, "cores": 4, "threads": 1}
+    checked, real = run_tasks([cpu_task(names, topology=topology, check_mode=True), cpu_task(names, topology=topology)])
+    for result in (checked, real):
+        assert result["failed"]
+        assert result["msg"].startswith("nothing was changed: 2 of 3 domains cannot take this CPU (%s, %s;" % tuple(names[1:]))
+        assert "gives 4 vCPUs but the domain's <vcpu> (its maximum) is 2" in result["msg"]
+        assert [domain["name"] for domain in result["domains"]] == names
+        assert result["domains"][0]["error"] is None
+        assert all("doesn't match maximum vcpu count" in domain["error"] for domain in result["domains"][1:])
+    assert {dom.name(): inactive(dom) for dom in [fits] + short} == before
+
+
+class StubModule:
+    """What domain_cpu's Runner takes from AnsibleModule."""
+
+    def __init__(self, names: List[str], **params: Any) -> None:
+        self.params = dict({"name": names, "uri": "qemu:///system", "state": "present", "restart": False,
+                            "shutdown_timeout": 60, "predict": False}, **params)
+        self.check_mode = False
+        self._diff = False
+        self.warnings: List[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+class RefusingConnection:
+    """The real connection, except that the new definition of one domain gets a <vcpu> placement
+    libvirt refuses (a define that fails after validation passed)."""
+
+    def __init__(self, conn, refused: str) -> None:
+        self.conn = conn
+        self.refused = refused
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.conn, attribute)
+
+    def defineXML(self, text: str):  # pylint: disable=invalid-name
+        if "<name>%s</name>" % self.refused in text:
+            text = text.replace("<vcpu", "<vcpu placement='nowhere'", 1)
+        return self.conn.defineXML(text)
+
+
+def test_a_define_refused_part_way_puts_back_the_domains_written_before_it(conn, domains):
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain_cpu import Runner
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+
+    doms = [domains.define(label, "qemu", "<cpu mode='host-model'/>") for label in ("first", "second", "third")]
+    names = [dom.name() for dom in doms]
+    before = {dom.name(): inactive(dom) for dom in doms}
+    runner = Runner(StubModule(names), RefusingConnection(conn, names[1]), {"mode": "maximum"}, "merge")
+    with pytest.raises(CPUError) as caught:
+        runner.run()
+    message = str(caught.value)
+    assert message.startswith("defining '%s' failed: " % names[1]) and "nowhere" in message
+    assert message.endswith("got their previous definitions back, byte for byte: %s" % names[0])
+    assert {dom.name(): inactive(dom) for dom in doms} == before
+    results = runner.outcome()["domains"]
+    assert [(item["name"], item["changed"], item.get("rolled_back", False)) for item in results] == [
+        (names[0], False, True), (names[1], False, False), (names[2], False, False)]
+    assert results[1]["error"] == message.split("; the domains written", maxsplit=1)[0] and results[0]["error"] is None
+    assert not runner.outcome()["changed"]
+
+
 # ---------------------------------------------------------------------------------------------
 # a change by someone else between read and write
 
@@ -393,11 +506,12 @@ def test_xml_mode_edits_text_without_libvirt(domains, run_tasks):
 def test_a_concurrent_change_is_not_overwritten(conn, domains):
     from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
     from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
-    from ansible_collections.hostcpu.libvirt.plugins.modules.domain_cpu import read_job, write_job
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain_cpu import DefaultModels, read_job, write_job
 
     dom = domains.define("a", "qemu", "<cpu mode='host-model'/>")
     version = parse_version(conn.getLibVersion())
-    job = read_job(conn, dom.name(), "qemu:///system", {"mode": "maximum"}, {"state": "present"}, "merge", version)
+    job = read_job(conn, dom.name(), "qemu:///system", {"mode": "maximum"}, {"state": "present"}, "merge", version,
+                   DefaultModels(conn, print))
     assert job.plan.changed
     conn.defineXML(inactive(dom).replace("<memory unit='KiB'>65536</memory>", "<memory unit='KiB'>131072</memory>"))
     changed_by_other = inactive(dom)

@@ -36,7 +36,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import without_cpu
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._watch import ConcurrentChangeError, open_watch
-from ansible_collections.hostcpu.libvirt.plugins.modules.domain_cpu import read_job, write_job
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain_cpu import DefaultModels, read_job, write_job
 
 INACTIVE = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
 VERSION = (9, 0, 0)
@@ -158,7 +158,7 @@ def test_libvirtd_killed_during_a_task_and_restarted_between_tasks(private_daemo
 
 
 def _read(conn, name: str, uri: str, mode: str = "maximum"):
-    return read_job(conn, name, uri, {"mode": mode}, {"state": "present"}, "merge", VERSION)
+    return read_job(conn, name, uri, {"mode": mode}, {"state": "present"}, "merge", VERSION, DefaultModels(conn, print))
 
 
 def test_a_change_between_read_and_write_is_refused_and_kept(private_daemon):

@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import cpu_from_xml
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import KNOWN_DEFAULT_MODELS, cpu_from_xml, normalize_cpu
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._throwaway import default_model_of, renamed_copy, throwaway_copy
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     DomainXMLError,
     apply_plan,
@@ -30,6 +33,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     kept_cpu_children,
     live_matches_definition,
     merge_base,
+    needs_default_model,
     numa_of,
     outside_cpu_differences,
     plan_cpu,
@@ -55,11 +59,16 @@ def fixture(case: str, kind: str) -> str:
     return (DOMAIN / ("%s.%s.xml" % (case, kind))).read_text()
 
 
+def emulator_default(text: str) -> str:
+    """The default model libvirt 9.0 filled in for these fixtures' emulators (what the host answered)."""
+    return KNOWN_DEFAULT_MODELS[domain_info(text).arch]
+
+
 def plan_for(case: str):
     inactive = fixture(case, "inactive")
     wish = CASES[case]
     return inactive, plan_cpu(read_cpu(inactive), wish["wish"], "present", wish["features_mode"],
-                              domain_info(inactive).virt_type, VERSION)
+                              domain_info(inactive).virt_type, VERSION, emulator_default(inactive))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +133,8 @@ def test_predicted_cpu_is_what_libvirt_stored_byte_for_byte(case):
 def test_second_run_on_what_libvirt_stored_changes_nothing(case):
     changed = fixture(case, "changed.inactive")
     wish = CASES[case]
-    plan = plan_cpu(read_cpu(changed), wish["wish"], "present", wish["features_mode"], domain_info(changed).virt_type, VERSION)
+    plan = plan_cpu(read_cpu(changed), wish["wish"], "present", wish["features_mode"], domain_info(changed).virt_type, VERSION,
+                    emulator_default(changed))
     assert not plan.changed
     assert apply_plan(changed, plan) is changed
 
@@ -339,3 +349,85 @@ def test_devices_moved_by_libvirt_are_no_change_but_a_changed_device_is():
     assert moved != inactive and outside_cpu_differences(inactive, moved) == []
     readdressed = inactive.replace("slot='0x1f' function='0x2'", "slot='0x1e' function='0x2'")
     assert outside_cpu_differences(inactive, readdressed) != []
+
+
+# ---------------------------------------------------------------------------------------------
+# the emulator's default CPU (qemu-system-i386: qemu32), not a constant
+
+
+def test_absent_on_a_domain_with_its_emulators_default_changes_nothing():
+    stored = {key: value for key, value in read_cpu(fixture("qemu-i686-default", "inactive")).items() if key != "topology"}
+    assert not plan_cpu(stored, {}, "absent", "merge", "qemu", VERSION, "qemu32").changed
+    # assuming qemu64 (what domain_cpu did before) reports a change on every run
+    assert plan_cpu(stored, {}, "absent", "merge", "qemu", VERSION, "qemu64").changed
+    # removing <cpu> removes its topology too
+    assert plan_cpu(read_cpu(fixture("qemu-i686-default", "inactive")), {}, "absent", "merge", "qemu", VERSION, "qemu32").changed
+
+
+def test_absent_predicts_the_emulators_default_model():
+    inactive = fixture("qemu-i686-default", "changed.inactive")
+    plan = plan_cpu(read_cpu(inactive), {}, "absent", "merge", "qemu", VERSION, "qemu32")
+    assert plan.changed and plan.desired is None
+    assert plan.desired_normalized["model"] == {"name": "qemu32", "fallback": "forbid"}
+
+
+@pytest.mark.parametrize("virt_type, check", [("qemu", "none"), ("kvm", "partial")])
+def test_features_merged_onto_the_default_keep_its_model(virt_type, check):
+    current = read_cpu(fixture("qemu-i686-default", "inactive"))
+    plan = plan_cpu(current, {"features": [{"name": "pae", "policy": "disable"}]}, "present", "merge", virt_type, VERSION, "qemu32")
+    assert plan.desired["model"] == {"name": "qemu32", "fallback": "forbid"}
+    assert plan.desired_normalized["check"] == check
+    assert plan.desired_normalized["features"] == [{"name": "pae", "policy": "disable"}]
+
+
+def test_a_model_wish_onto_the_default_replaces_it():
+    current = read_cpu(fixture("qemu-i686-default", "inactive"))
+    plan = plan_cpu(current, {"model": {"name": "pentium3"}}, "present", "merge", "qemu", VERSION, "qemu32")
+    assert plan.desired_normalized["model"] == {"name": "pentium3", "fallback": "allow"}
+
+
+def test_no_default_model_leaves_a_custom_cpu_without_one():
+    assert "model" not in normalize_cpu({"topology": {"sockets": 1, "cores": 2, "threads": 1}}, "qemu", VERSION, None)
+    assert normalize_cpu({}, "qemu", VERSION, "qemu32")["model"] == {"name": "qemu32", "fallback": "forbid"}
+
+
+@pytest.mark.parametrize("current, wanted, state, needed", [
+    ({"mode": "host-model"}, {}, "absent", True),
+    ({}, {"mode": "maximum"}, "present", True),
+    ({"mode": "custom", "model": {"name": "qemu32", "fallback": "forbid"}}, {"mode": "maximum"}, "present", True),
+    ({"mode": "custom", "model": {"name": "EPYC", "fallback": "allow"}}, {"features": [{"name": "svm"}]}, "present", False),
+    ({"mode": "host-model"}, {"mode": "maximum"}, "present", False),
+    ({"mode": "host-model"}, {"mode": "custom"}, "present", True),
+])
+def test_the_default_model_is_asked_only_when_planning_depends_on_it(current, wanted, state, needed):
+    assert needs_default_model(current, wanted, state) is needed
+
+
+def test_the_throwaway_copy_differs_only_in_name_uuid_and_cpu():
+    inactive = fixture("kvm-hostmodel-numa", "inactive")
+    copy = throwaway_copy(inactive, "hostcpu-throwaway-0123")
+    info = domain_info(copy)
+    old_uuid = domain_info(inactive).uuid
+    assert info.name == "hostcpu-throwaway-0123" and re.fullmatch(r"[0-9a-f-]{36}", info.uuid) and info.uuid != old_uuid
+    assert read_cpu(copy) == {"topology": {"sockets": 1, "dies": 1, "cores": 2, "threads": 2}}
+    assert numa_of(copy) == numa_of(inactive)
+    renamed = replace_cpu(inactive, None).replace("hostcpu-fixture-kvm-hostmodel-numa", "hostcpu-throwaway-0123")
+    assert without_cpu(copy) == without_cpu(renamed.replace(old_uuid, info.uuid))
+
+
+def test_a_renamed_copy_repeats_its_new_uuid_where_the_definition_repeated_the_old():
+    inactive = fixture("kvm-passthrough", "inactive")
+    old_uuid = domain_info(inactive).uuid
+    with_sysinfo = inactive.replace("  <os>", "  <sysinfo type='smbios'><system><entry name='uuid'>%s</entry></system></sysinfo>\n  <os>"
+                                    % old_uuid, 1)
+    copy = renamed_copy(with_sysinfo, "hostcpu-throwaway-4567")
+    new_uuid = domain_info(copy).uuid
+    assert old_uuid not in copy and copy.count(new_uuid) == 2
+    assert read_cpu(copy) == read_cpu(inactive)
+
+
+def test_a_default_that_is_no_named_model_is_refused_with_the_fix():
+    assert default_model_of({"mode": "custom", "model": {"name": "qemu32", "fallback": "forbid"}}) == "qemu32"
+    assert default_model_of({}) is None
+    with pytest.raises(CPUError, match="give the CPU explicitly"):
+        default_model_of({"mode": "host-passthrough"})

@@ -19,9 +19,11 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import pars
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import (
     CPUValidationError,
     Findings,
+    arch_features,
     check_feature_names,
     check_mode,
     check_model,
+    check_topology,
     did_you_mean,
     feature_file,
     forbidden_but_provided,
@@ -153,8 +155,23 @@ def test_combinations_libvirt_refuses_get_one_clear_message(cpu, words, known):
 def test_errors_of_every_domain_come_in_one_message_and_nothing_is_changed():
     with pytest.raises(CPUValidationError) as caught:
         raise_for({"web1": Findings(["a problem"], []), "web2": Findings([], ["a warning"]), "web3": Findings(["b", "c"], [])})
-    assert str(caught.value) == "nothing was changed: web1: a problem | web3: b | web3: c"
+    assert str(caught.value) == ("nothing was changed: 2 of 3 domains cannot take this CPU (web1, web3; each domain's "
+                                 "reasons are in domains[].error): web1: a problem | web3: b | web3: c")
+    assert caught.value.refused == {"web1": ["a problem"], "web3": ["b", "c"]}
     raise_for({"web2": Findings([], ["a warning"])})
+    with pytest.raises(CPUValidationError, match="^nothing was changed: web1: a problem$"):
+        raise_for({"web1": Findings(["a problem"], [])})
+
+
+def test_a_refusal_names_every_domain_even_when_the_reasons_are_cut():
+    refused = {"guest-%04d" % index: Findings(["the CPU topology sockets=1 cores=%d threads=1 does not fit" % index], [])
+               for index in range(1000)}
+    with pytest.raises(CPUValidationError) as caught:
+        raise_for(refused, 1200)
+    message = str(caught.value)
+    assert message.startswith("nothing was changed: 1000 of 1200 domains cannot take this CPU (guest-0000, guest-0001")
+    assert all(name in message.split("):", maxsplit=1)[0] for name in refused)
+    assert "characters left out" in message  # the reasons are cut; domains[].error has them all
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,3 +272,29 @@ def test_hints_for_real_start_failures(virt_type, message):
         assert "use policy disable instead of forbid" in hint
     else:
         assert hint == "" or "disable" in hint
+
+
+# ---------------------------------------------------------------------------------------------
+# topology and per-architecture feature names
+
+
+@pytest.mark.parametrize("topology, max_vcpus, version, found", [
+    ({"sockets": 1, "dies": 1, "cores": 2, "threads": 2}, 4, (9, 0, 0), None),
+    ({"sockets": 1, "dies": 1, "cores": 4, "threads": 1}, 2, (9, 0, 0), "gives 4 vCPUs but the domain's <vcpu> (its maximum) is 2"),
+    ({"sockets": 2, "dies": 1, "clusters": 2, "cores": 1, "threads": 1}, 4, (10, 1, 0), None),
+    ({"sockets": 2, "dies": 1, "clusters": 2, "cores": 1, "threads": 1}, 2, (9, 0, 0), None),  # 9.0 knows no clusters
+    ({"sockets": 1, "dies": 1, "cores": 3, "threads": 1}, None, (9, 0, 0), None),  # no <vcpu>: libvirt's default 1 is not guessed
+])
+def test_a_topology_must_multiply_out_to_the_maximum_vcpus(topology, max_vcpus, version, found):
+    errors = check_topology({"mode": "custom", "topology": topology}, max_vcpus, version)
+    if found is None:
+        assert errors == []
+    else:
+        assert len(errors) == 1 and found in errors[0] and "topology: {sockets: 1, cores: %d, threads: 1}" % max_vcpus in errors[0]
+
+
+def test_an_x86_feature_is_refused_for_an_architecture_without_a_cpu_map():
+    known = arch_features("s390x", None)
+    errors = check_feature_names({"mode": "custom", "model": {"name": "z14"}, "features": [{"name": "arch-capabilities", "policy": "disable"}]}, known)
+    assert errors and "unknown CPU feature 'arch-capabilities'" in errors[0] and "s390x" in errors[0]
+    assert arch_features("x86_64", None) is None  # x86 without libvirt's map installed: not checked here (XML mode)
