@@ -39,12 +39,16 @@ python_has_venv() {
 install_apt() {
     # Packages CI needs; libvirt-daemon-driver-qemu is split out on Debian >= 12 / recent Ubuntu
     # (on older releases the driver is inside libvirt-daemon): added only where it exists.
+    # qemu-system-arm, -ppc and -misc (s390x among others): domain_cpu's tests and the corpus of
+    # libvirt's test domains define aarch64, armv7l, ppc64 and s390x guests too (TCG, never started);
+    # a fresh libvirtd then probes ~25 emulators once (about 20 s more for its first capabilities).
     local wanted=(
         libvirt-daemon-system
         libvirt-daemon-driver-qemu
         qemu-system-x86
         qemu-system-arm
         qemu-system-ppc
+        qemu-system-misc
         qemu-utils
         ovmf
         libvirt-clients

@@ -39,6 +39,7 @@ DEFAULT_X86_MODEL = "qemu64"
 # What libvirt stores for a domain of an architecture without <cpu> when it cannot be asked (XML mode,
 # a read-only connection): QEMU's default CPU type of its pc machines. On a host the module asks libvirt.
 KNOWN_DEFAULT_MODELS = {"x86_64": "qemu64", "i686": "qemu32"}
+EMPTY_CUSTOM_KEYS = {"mode", "match", "check"}
 # libvirt's schema (cputypes.rng featureName) for feature names; CPU model and vendor names follow it too.
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9\-_.]+")
 # cpu_conf.c: vendor_id is 12 bytes, no ',' (it goes on QEMU's command line).
@@ -421,6 +422,8 @@ def normalize_cpu(cpu: CPUDict, virt_type: str = "kvm",
                   default_model: Optional[str] = DEFAULT_X86_MODEL) -> CPUDict:
     """Return the CPU as libvirt stores it after define for a domain of *virt_type* whose
     emulator's default CPU model (for its arch and machine) is *default_model*."""
+    if default_model is None and cpu.get("mode", "custom") == "custom" and set(cpu) <= EMPTY_CUSTOM_KEYS:
+        return {}  # no model to fill in and nothing else: libvirt stores no <cpu> at all
     result = copy.deepcopy(cpu)
     mode = result.setdefault("mode", "custom")
     model = dict(result.get("model") or {})

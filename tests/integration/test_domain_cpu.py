@@ -181,7 +181,8 @@ def test_absent_leaves_libvirts_default_and_is_then_a_no_op(virt_type, virt_type
 I386_EMULATOR = "/usr/bin/qemu-system-i386"
 # (arch, emulator, machine, a CPU to start from, QEMU 7.2's default CPU there, where feature names come from)
 OTHER_ARCHES = [("aarch64", "/usr/bin/qemu-system-aarch64", "virt", "<cpu mode='maximum'/>", "cortex-a15", "arm_features.xml"),
-                ("ppc64", "/usr/bin/qemu-system-ppc64", "pseries", "<cpu><model>POWER8</model></cpu>", "POWER9", "ppc64 guests")]
+                ("ppc64", "/usr/bin/qemu-system-ppc64", "pseries", "<cpu><model>POWER8</model></cpu>", "POWER9", "ppc64 guests"),
+                ("s390x", "/usr/bin/qemu-system-s390x", "s390-ccw-virtio", "<cpu mode='maximum'/>", "qemu", "s390x guests")]
 
 
 @pytest.mark.parametrize("arch, emulator, machine, start_cpu, default, names_from", OTHER_ARCHES)

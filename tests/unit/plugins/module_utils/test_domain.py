@@ -389,6 +389,10 @@ def test_a_model_wish_onto_the_default_replaces_it():
 def test_no_default_model_leaves_a_custom_cpu_without_one():
     assert "model" not in normalize_cpu({"topology": {"sockets": 1, "cores": 2, "threads": 1}}, "qemu", VERSION, None)
     assert normalize_cpu({}, "qemu", VERSION, "qemu32")["model"] == {"name": "qemu32", "fallback": "forbid"}
+    # no default model and nothing else: libvirt stores no <cpu> (riscv64 virt guests in the corpus)
+    assert normalize_cpu({}, "qemu", VERSION, None) == {}
+    assert not plan_cpu({}, {}, "absent", "merge", "qemu", VERSION, None).changed
+    assert plan_cpu({"mode": "maximum"}, {}, "absent", "merge", "qemu", VERSION, None).desired_normalized == {}
 
 
 @pytest.mark.parametrize("current, wanted, state, needed", [
