@@ -523,23 +523,39 @@ class Runner:
 
     def undo_writes(self, jobs: List[CPUJob], written: Dict[str, str], failed: CPUJob, exc: CPUError) -> CPUError:
         """Put the previous definitions of *written* back; the error to raise, saying what was restored."""
-        restored, kept = [], []
+        restored, kept = [], {}
         for job in jobs:
             if job.name not in written:
                 continue
             self.written = [item for item in self.written if item[0] != job.name]
-            try:
-                define(self.conn, job.name, job.inactive_xml)
-                (restored if inactive_xml(job.domain) == job.inactive_xml else kept).append(job.name)
-            except CPUError as undo_error:
-                kept.append("%s (%s)" % (job.name, undo_error))
+            problem = self.restore(job, written[job.name])
+            if problem is None:
+                restored.append(job.name)
+            else:
+                kept[job.name] = problem
         self.results = [self.not_written(job, str(exc) if job is failed else None, job.name in restored) for job in jobs]
+        for result in self.results:
+            if result["name"] in kept:
+                result.update(changed=True, cpu=read_cpu(written[result["name"]]), error=kept[result["name"]])
         if not written:
             return exc
         how = "the domains written before it got their previous definitions back, byte for byte: %s" % ", ".join(restored)
         if kept:
-            how += "; NOT restored exactly, check them: %s" % ", ".join(kept)
+            how += "; NOT restored, check them: %s" % ", ".join("%s (%s)" % item for item in kept.items())
         return type(exc)("%s; %s" % (exc, how))
+
+    def restore(self, job: CPUJob, written_xml: str) -> Optional[str]:
+        """Define *job*'s previous definition again, unless someone changed the domain since this task
+        wrote it (that change would be lost); None when it is back byte for byte, else why not."""
+        try:
+            if inactive_xml(job.domain) != written_xml:
+                return "changed by someone else since this task wrote it; left as it is"
+            define(self.conn, job.name, job.inactive_xml)
+            if inactive_xml(job.domain) != job.inactive_xml:
+                return "libvirt stores the previous definition differently now"
+        except CPUError as undo_error:
+            return str(undo_error)
+        return None
 
     def not_written(self, job: CPUJob, error: Optional[str], restored: bool) -> Dict[str, Any]:
         """The result of a domain this task leaves as it was (*restored*: its previous definition was put back)."""

@@ -332,7 +332,8 @@ domains:
       description:
         - The guest did not start with the new CPU; its previous definition was restored and it was started again as it was (the task fails).
         - Or another domain of the list could not be defined, and this one, written before it, got its previous definition back
-          (the task fails and changes nothing).
+          (the task fails and changes nothing). A domain someone else changed after this task wrote it is left as it is
+          (C(changed=true), the reason in RV(domains[].error)), so that their change is not lost.
       type: bool
       returned: when a restart failed, or a later define in the list
     error:

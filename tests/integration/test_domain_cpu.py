@@ -466,9 +466,10 @@ class RefusingConnection:
     """The real connection, except that the new definition of one domain gets a <vcpu> placement
     libvirt refuses (a define that fails after validation passed)."""
 
-    def __init__(self, conn, refused: str) -> None:
+    def __init__(self, conn, refused: str, meanwhile: Any = None) -> None:
         self.conn = conn
         self.refused = refused
+        self.meanwhile = meanwhile  # what another client does right before that define
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self.conn, attribute)
@@ -476,6 +477,8 @@ class RefusingConnection:
     def defineXML(self, text: str):  # pylint: disable=invalid-name
         if "<name>%s</name>" % self.refused in text:
             text = text.replace("<vcpu", "<vcpu placement='nowhere'", 1)
+            if self.meanwhile is not None:
+                self.meanwhile()
         return self.conn.defineXML(text)
 
 
@@ -498,6 +501,25 @@ def test_a_define_refused_part_way_puts_back_the_domains_written_before_it(conn,
         (names[0], False, True), (names[1], False, False), (names[2], False, False)]
     assert results[1]["error"] == message.split("; the domains written", maxsplit=1)[0] and results[0]["error"] is None
     assert not runner.outcome()["changed"]
+
+
+def test_a_domain_changed_by_someone_else_after_the_write_is_not_rolled_back_over_that_change(conn, domains):
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain_cpu import Runner
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+
+    doms = [domains.define(label, "qemu", "<cpu mode='host-model'/>") for label in ("first", "second")]
+    names = [dom.name() for dom in doms]
+
+    def other_change() -> None:
+        doms[0].setMetadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, "set by someone else", None, None, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    runner = Runner(StubModule(names), RefusingConnection(conn, names[1], other_change), {"mode": "maximum"}, "merge")
+    with pytest.raises(CPUError) as caught:
+        runner.run()
+    assert "NOT restored, check them: %s (changed by someone else since this task wrote it; left as it is)" % names[0] in str(caught.value)
+    assert "set by someone else" in inactive(doms[0]) and stored_cpu(doms[0])["mode"] == "maximum"
+    first = runner.outcome()["domains"][0]
+    assert first["changed"] and first["cpu"]["mode"] == "maximum" and "someone else" in first["error"]
 
 
 # ---------------------------------------------------------------------------------------------
