@@ -34,11 +34,11 @@ MODEL_NAME_MODES = ("custom",)
 FALLBACK_MODES = ("custom", "host-model")
 KEY_ORDER = ("mode", "match", "check", "migratable", "model", "vendor", "topology", "cache",
              "maxphysaddr", "features")
-# libvirt's default model for a custom CPU that names none (x86 pc and q35 machines).
-DEFAULT_X86_MODEL = "qemu64"
 # What libvirt stores for a domain of an architecture without <cpu> when it cannot be asked (XML mode,
 # a read-only connection): QEMU's default CPU type of its pc machines. On a host the module asks libvirt.
 KNOWN_DEFAULT_MODELS = {"x86_64": "qemu64", "i686": "qemu32"}
+# The default of normalize_cpu and plan_cpu when no default model is given (x86_64 guests).
+DEFAULT_X86_MODEL = KNOWN_DEFAULT_MODELS["x86_64"]
 EMPTY_CUSTOM_KEYS = {"mode", "match", "check"}
 # libvirt's schema (cputypes.rng featureName) for feature names; CPU model and vendor names follow it too.
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9\-_.]+")
