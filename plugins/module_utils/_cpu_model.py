@@ -10,7 +10,6 @@ exactly when libvirt would store the same definition.
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -383,6 +382,16 @@ def validate_cpu(cpu: CPUDict) -> CPUDict:
 # normalisation (what libvirt stores on define; qemuDomainDefCPUPostParse and friends)
 
 
+def copied(value: Any) -> Any:
+    """A deep copy of JSON-like data (dicts, lists and scalars, as CPU dicts are), without copy.deepcopy's
+    bookkeeping: a domain_cpu task copies a few CPU dicts per domain, thousands of domains per task."""
+    if isinstance(value, dict):
+        return {key: copied(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copied(item) for item in value]
+    return value
+
+
 def ordered(cpu: CPUDict) -> CPUDict:
     """The same CPU with keys in the canonical order (for stable output and diffs)."""
     return {key: cpu[key] for key in KEY_ORDER if key in cpu and cpu[key] not in (None, {}, [])}
@@ -424,7 +433,7 @@ def normalize_cpu(cpu: CPUDict, virt_type: str = "kvm",
     emulator's default CPU model (for its arch and machine) is *default_model*."""
     if default_model is None and cpu.get("mode", "custom") == "custom" and set(cpu) <= EMPTY_CUSTOM_KEYS:
         return {}  # no model to fill in and nothing else: libvirt stores no <cpu> at all
-    result = copy.deepcopy(cpu)
+    result = copied(cpu)
     mode = result.setdefault("mode", "custom")
     model = dict(result.get("model") or {})
     if mode != "custom":
@@ -490,9 +499,9 @@ def merge_cpu(current: CPUDict, wanted: CPUDict, features_mode: str = "merge") -
     current_mode = current.get("mode", "custom") if current else None
     mode = wanted.get("mode", current_mode or "custom")
     if current and mode == current_mode:
-        result = copy.deepcopy(current)
+        result = copied(current)
     else:
-        result = {key: copy.deepcopy(current[key]) for key in MODE_INDEPENDENT_KEYS if current and key in current}
+        result = {key: copied(current[key]) for key in MODE_INDEPENDENT_KEYS if current and key in current}
     result["mode"] = mode
     for key, value in wanted.items():
         if key == "features":
@@ -500,10 +509,10 @@ def merge_cpu(current: CPUDict, wanted: CPUDict, features_mode: str = "merge") -
         if key == "model" and isinstance(value, dict) and isinstance(result.get("model"), dict):
             result["model"] = {**result["model"], **value}
         else:
-            result[key] = copy.deepcopy(value)
+            result[key] = copied(value)
     if "features" in wanted:
         if features_mode == "replace":
-            result["features"] = copy.deepcopy(wanted["features"] or [])
+            result["features"] = copied(wanted["features"] or [])
         else:
             result["features"] = merge_features(result.get("features") or [], wanted["features"] or [])
     elif features_mode == "replace":

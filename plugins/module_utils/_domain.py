@@ -11,7 +11,6 @@ forms; ``cpu_diff`` and ``outside_cpu_differences`` give the before/after views 
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -22,6 +21,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     MIGRATABLE_MODES,
     MODE_INDEPENDENT_KEYS,
     cpu_from_element,
+    copied,
     cpu_to_xml,
     features_from_mapping,
     merge_cpu,
@@ -282,7 +282,7 @@ def cpu_from_whole(cpu: Any) -> CPUDict:
     for key in ("model", "topology", "cache", "maxphysaddr"):
         if cpu.get(key) is not None and not isinstance(cpu[key], dict):
             raise DomainXMLError("cpu.%s must be a mapping (like model: {name: EPYC}), got %s" % (key, type(cpu[key]).__name__))
-    result = _drop_none(copy.deepcopy(cpu))
+    result = _drop_none(copied(cpu))
     if result.get("features") is not None:
         result["features"] = features_from_mapping(result["features"])
     return result
@@ -304,6 +304,8 @@ def effective_features_mode(features_mode: Optional[str], whole_cpu_given: bool)
 def is_libvirt_default(cpu: CPUDict, virt_type: str, libvirt_version: Optional[Tuple[int, ...]] = None,
                        default_model: Optional[str] = DEFAULT_X86_MODEL) -> bool:
     """True when *cpu* (without topology, cache, maxphysaddr) is what libvirt stores for no <cpu>."""
+    if cpu.get("mode", "custom") != "custom":
+        return False  # normalising keeps the mode, and no <cpu> is stored as a custom CPU
     core = {key: value for key, value in cpu.items() if key not in MODE_INDEPENDENT_KEYS}
     return (normalize_cpu(core, virt_type, libvirt_version, default_model)
             == normalize_cpu(NO_CPU, virt_type, libvirt_version, default_model))
@@ -326,11 +328,11 @@ def merge_base(current: CPUDict, virt_type: str, libvirt_version: Optional[Tuple
     default model: features need one, and it is the CPU the guest has.
     """
     if current and is_libvirt_default(current, virt_type, libvirt_version, default_model):
-        base = {key: copy.deepcopy(current[key]) for key in MODE_INDEPENDENT_KEYS if key in current}
+        base = {key: copied(current[key]) for key in MODE_INDEPENDENT_KEYS if key in current}
         if wanted is not None and _adds_features_only(wanted) and (current.get("model") or {}).get("name"):
-            base.update(mode="custom", model=copy.deepcopy(current["model"]))
+            base.update(mode="custom", model=copied(current["model"]))
         return base
-    return copy.deepcopy(current)
+    return copied(current)
 
 
 def _drop_carried_passthrough_cache(desired: CPUDict, wanted: CPUDict) -> CPUDict:
@@ -359,14 +361,15 @@ def plan_cpu(current: CPUDict, wanted: CPUDict, state: str = "present", features
              default_model: Optional[str] = DEFAULT_X86_MODEL) -> CPUPlan:
     """Decide the CPU to write and whether that changes what libvirt stores (*default_model*: what
     libvirt fills into a custom CPU without a model for this domain, see needs_default_model)."""
+    current_normalized = normalize_cpu(current, virt_type, libvirt_version, default_model)
     if state == "absent":
         desired: Optional[CPUDict] = None
         desired_normalized = normalize_cpu(NO_CPU, virt_type, libvirt_version, default_model)
     else:
         base = merge_base(current, virt_type, libvirt_version, default_model, wanted)
         desired = _drop_carried_passthrough_cache(merge_cpu(base, wanted, features_mode), wanted)
-        desired_normalized = normalize_cpu(desired, virt_type, libvirt_version, default_model)
-    current_normalized = normalize_cpu(current, virt_type, libvirt_version, default_model)
+        desired_normalized = (current_normalized if desired == current
+                              else normalize_cpu(desired, virt_type, libvirt_version, default_model))
     return CPUPlan(current=ordered(current), desired=desired, changed=current_normalized != desired_normalized,
                    current_normalized=current_normalized, desired_normalized=desired_normalized)
 

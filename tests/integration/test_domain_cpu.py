@@ -329,6 +329,25 @@ def test_unknown_and_transient_domains_are_refused(conn, domains, run_tasks):
     assert inactive(defined) == before
 
 
+def test_a_long_list_is_listed_once_and_read_side_by_side_with_the_same_answers(conn, domains, run_tasks):
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain_cpu import LIST_ALL_FROM  # pylint: disable=import-outside-toplevel
+    doms = [domains.define("long%d" % index, "qemu", "<cpu mode='host-model'/>", start=index == 0)
+            for index in range(LIST_ALL_FROM + 1)]
+    names = [dom.name() for dom in doms]
+    transient_name = domains.name("long-transient")
+    conn.createXML(domain_xml(transient_name, "qemu"), libvirt.VIR_DOMAIN_START_PAUSED)
+    before = {name: inactive(dom) for name, dom in zip(names, doms)}
+    refused = run_tasks([cpu_task(names + [domains.name("long-missing"), transient_name], mode="maximum")])[0]
+    assert refused["failed"] and "no domain named '%s'" % domains.names[-1] in refused["msg"]
+    assert "'%s' is transient" % transient_name in refused["msg"]
+    assert {name: inactive(dom) for name, dom in zip(names, doms)} == before
+    applied = run_tasks([cpu_task(names, mode="maximum")])[0]
+    assert [d["changed"] for d in applied["domains"]] == [True] * len(names)
+    # the running one was told apart from the shut-off ones by its ID from the listing
+    assert [(d["state"], d["restart_required"]) for d in applied["domains"]] == [("paused", True)] + [("shutoff", False)] * LIST_ALL_FROM
+    assert all(stored_cpu(dom)["mode"] == "maximum" for dom in doms)
+
+
 # ---------------------------------------------------------------------------------------------
 # check mode and diff
 
