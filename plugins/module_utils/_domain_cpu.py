@@ -21,7 +21,6 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
     resolve_uri,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import DEFAULT_X86_MODEL, KNOWN_DEFAULT_MODELS, cpu_to_xml, ordered
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._throwaway import DefaultModels, libvirt_refusal
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
     CPUPlan,
     DomainInfo,
@@ -45,9 +44,10 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import (
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
 
-# _facts, _validation and _watch are imported where they are used: a run that changes nothing
-# needs none of them, and the payload compiles every module_util it imports on each run.
+# _facts, _validation, _throwaway and _watch are imported where they are used: a run that changes
+# nothing needs none of them, and the payload compiles every module_util it imports on each run.
 if TYPE_CHECKING:
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._throwaway import DefaultModels
     from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import Findings, KnownFeatures
     from ansible_collections.hostcpu.libvirt.plugins.module_utils._watch import DefinitionWatch
 
@@ -188,7 +188,7 @@ def is_running(domain) -> bool:
 
 
 def read_job(conn, name: str, uri: str, wanted: Dict[str, Any], params: Dict[str, Any],
-             features_mode: str, version: Tuple[int, int, int], defaults: DefaultModels, domain: Any = None,
+             features_mode: str, version: Tuple[int, int, int], defaults: "DefaultModels | LazyDefaultModels", domain: Any = None,
              definition: Optional[str] = None) -> CPUJob:
     """One domain read and planned (*domain*, *definition*: found and read already, else looked up and read here)."""
     domain = domain or lookup(conn, name, uri)
@@ -205,6 +205,21 @@ def read_job(conn, name: str, uri: str, wanted: Dict[str, Any], params: Dict[str
     live = call("reading the live XML of '%s'" % name, domain.XMLDesc, 0) if active else None
     # An inactive domain is shut off (libvirt sets SHUTOFF when it stops one): one round trip less per domain.
     return CPUJob(name, domain, text, info, plan, state_name(domain) if active else "shutoff", live)
+
+
+class LazyDefaultModels:
+    """_throwaway.DefaultModels, made on first use: most runs plan without the emulator's default model."""
+
+    def __init__(self, conn, warn: Callable[[str], None]) -> None:
+        self.conn = conn
+        self.warn = warn
+        self.models: Optional["DefaultModels"] = None
+
+    def model(self, info: DomainInfo, domain_xml: str) -> Optional[str]:
+        if self.models is None:
+            from ansible_collections.hostcpu.libvirt.plugins.module_utils._throwaway import DefaultModels  # pylint: disable=import-outside-toplevel
+            self.models = DefaultModels(self.conn, self.warn)
+        return self.models.model(info, domain_xml)
 
 
 class HostChecks:
@@ -326,6 +341,9 @@ class HostChecks:
 
 def validate_jobs(checks: HostChecks, jobs: List[CPUJob], version: Tuple[int, int, int]) -> List[str]:
     """Check every planned CPU; raise (nothing written) naming every domain that fails; return the warnings."""
+    if not any(job.plan.changed for job in jobs):
+        return []
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._throwaway import libvirt_refusal  # pylint: disable=import-outside-toplevel
     from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import Findings  # pylint: disable=import-outside-toplevel
     findings: Dict[str, Findings] = {}
     for job in jobs:
@@ -498,7 +516,7 @@ class Runner:
         self.wanted = wanted
         self.features_mode = features_mode
         self.checks = HostChecks(conn, self.version)
-        self.defaults = DefaultModels(conn, module.warn)
+        self.defaults = LazyDefaultModels(conn, module.warn)
         self.results: List[Dict[str, Any]] = []
         self.diffs: List[Dict[str, str]] = []
         self.watch: Optional[DefinitionWatch] = None
@@ -506,7 +524,6 @@ class Runner:
 
     def read_all(self) -> List[CPUJob]:
         """Every domain read and planned; CPUValidationError naming each one that cannot be (nothing written)."""
-        from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import CPUValidationError  # pylint: disable=import-outside-toplevel
         names = list(dict.fromkeys(self.params["name"]))
         listed = listed_domains(self.conn, names)
         definitions = read_side_by_side(listed, names) if listed else {}
@@ -520,6 +537,7 @@ class Runner:
             except CPUError as exc:
                 refused[name] = [str(exc)]
         if refused:
+            from ansible_collections.hostcpu.libvirt.plugins.module_utils._validation import CPUValidationError  # pylint: disable=import-outside-toplevel
             self.results = [{"name": name, "changed": False, "error": "; ".join(refused[name]) if name in refused else None}
                             for name in names]
             raise CPUValidationError(refused, len(names), "cannot be read or planned")

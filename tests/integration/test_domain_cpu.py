@@ -548,7 +548,8 @@ def test_a_domain_changed_by_someone_else_after_the_write_is_not_rolled_back_ove
 def test_a_concurrent_change_is_not_overwritten(conn, domains):
     from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
     from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
-    from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain_cpu import DefaultModels, read_job, write_job
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain_cpu import read_job, write_job
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._throwaway import DefaultModels
 
     dom = domains.define("a", "qemu", "<cpu mode='host-model'/>")
     version = parse_version(conn.getLibVersion())

@@ -36,7 +36,8 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain import without_cpu
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._watch import ConcurrentChangeError, open_watch
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain_cpu import DefaultModels, read_job, write_job
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain_cpu import read_job, write_job
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._throwaway import DefaultModels
 
 INACTIVE = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
 VERSION = (9, 0, 0)
