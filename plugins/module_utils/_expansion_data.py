@@ -11,8 +11,6 @@ gives, unknown features, feature dependencies, refused MSR writes). Pure: the pr
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -29,11 +27,14 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import (
     to_hex,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import ExpansionDataError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (  # defined there for _facts_cache, see _facts
+    EXPANSION_DATA_FORMAT as DATA_FORMAT,
+    expansion_data_fingerprint as _data_fingerprint,
+)
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import LibvirtRules
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
 
-DATA_FORMAT = 1
 # virQEMUCapsCPUFeaturesX86: libvirt name -> QEMU property name.
 QEMU_FEATURE_NAMES = {
     "cmp_legacy": "cmp-legacy", "ds_cpl": "ds-cpl", "fxsr_opt": "fxsr-opt", "kvm_pv_eoi": "kvm-pv-eoi",
@@ -284,9 +285,3 @@ def expansion_data_from_xml(cpu_map_files: Mapping[str, Union[str, bytes]], capa
         host = _full_host(virt_type, host_model, caps_root, cpu_map, index, accelerated=virt_type != "qemu", rules=rules)
     return expansion_data_from_parts(cpu_map, virt_type, migratable_host_model, host, _qemu_for_facts(qemu, index, cpu_map),
                                      (domcaps_root.findtext("machine") or "").strip() or None)
-
-
-def _data_fingerprint(data: Mapping[str, Any]) -> str:
-    text = json.dumps({key: value for key, value in data.items() if key != "fingerprint"},
-                      sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

@@ -11,7 +11,10 @@ Public API:
 * ``parse_capabilities(xml)`` -> ``{"host": {...}, "guests": [...]}``
 * ``parse_domain_capabilities(xml)`` -> one ``virt_types`` entry (without fingerprint)
 * ``fingerprint(entry)`` -> sha256 hex of the guest-visible part of an entry
-* ``build_facts(capabilities_xml, domcaps_by_virt_type, versions, expansions, verified)``
+* ``EXPANSION_DATA_FORMAT``, ``expansion_data_fingerprint(data)``: the format and the content
+  fingerprint of an entry's expansion data
+* ``build_facts(capabilities_xml, domcaps_by_virt_type, versions, expansions, verified)``, or
+  ``facts_from_parsed`` for XML parsed already
 * helpers for callers validating a CPU against an entry: ``mode_supported``,
   ``usable_models``, ``custom_model``
 * helpers for the mode verification of ``_probe``: ``verify_domain_xml``, ``fix_candidates``,
@@ -40,6 +43,8 @@ XMLText = Union[str, bytes]
 
 # Domain types of libvirt's QEMU driver; kvm needs /dev/kvm, qemu is TCG (always there).
 VIRT_TYPES = ("kvm", "qemu")
+# The format of the expansion data (virt_types.<vt>.expansion, built by _expansion_data).
+EXPANSION_DATA_FORMAT = 1
 # domcapabilities' <cpu> modes, in the order libvirt prints them.
 MODES = ("host-passthrough", "maximum", "host-model", "custom")
 # Modes verify_modes starts a guest for; custom has no single CPU that stands for it.
@@ -386,6 +391,20 @@ def fingerprint(entry: Entry) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# the expansion data (virt_types.<vt>.expansion): its format and the fingerprint of its content
+#
+# _expansion_data builds the data, _expansion reads it, _facts_cache reuses it. Reuse checks both
+# on every run of an unchanged host, which thus needs neither _expansion_data nor the CPU map code.
+
+
+def expansion_data_fingerprint(data: Mapping[str, Any]) -> str:
+    """sha256 (hex, the first 32 digits) over *data* without its own ``fingerprint``."""
+    text = json.dumps({key: value for key, value in data.items() if key != "fingerprint"},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------------------------
 # expansions (baselineHypervisorCPU of the host-model CPU)
 
 
@@ -513,10 +532,14 @@ def _checked_entry(virt_type: str, xml: XMLText) -> Entry:
         entry = parse_domain_capabilities(xml)
     except CPUError as exc:
         raise FactsError("domain capabilities of '%s': %s" % (virt_type, exc)) from None
+    _check_domain_type(virt_type, entry)
+    return entry
+
+
+def _check_domain_type(virt_type: str, entry: Entry) -> None:
     if entry["domain_type"] != virt_type:
         raise FactsError("the domain capabilities given for '%s' are those of '%s' (their <domain>); "
                          "put them under the key '%s'" % (virt_type, entry["domain_type"], entry["domain_type"]))
-    return entry
 
 
 def _in_virt_type_order(names: Iterable[str]) -> List[str]:
@@ -535,7 +558,10 @@ def _attach_verified(entry: Entry, verified: Optional[Mapping[str, Dict[str, Any
 def virt_type_entry(virt_type: str, xml: XMLText, libvirt_version: Optional[str],
                     expansion: Optional[Mapping[str, Optional[str]]] = None) -> Entry:
     """One complete ``virt_types`` entry: parsed domcapabilities, version, fingerprint, expansions."""
-    entry = _checked_entry(virt_type, xml)
+    return _complete_entry(_checked_entry(virt_type, xml), libvirt_version, expansion)
+
+
+def _complete_entry(entry: Entry, libvirt_version: Optional[str], expansion: Optional[Mapping[str, Optional[str]]]) -> Entry:
     entry["libvirt_version"] = libvirt_version
     entry["fingerprint"] = fingerprint(entry)
     entry.update(_expansion_fields(expansion))
@@ -556,17 +582,31 @@ def build_facts(capabilities_xml: Optional[XMLText],
     *expansion_data*: per virt type, ``_probe_qemu.expansion_data_from_libvirt``'s result; each entry
     then has it under ``expansion`` (None for a virt type without it).
     """
+    capabilities = parse_capabilities(capabilities_xml) if capabilities_xml is not None else None
+    entries = {virt_type: _checked_entry(virt_type, domcaps_by_virt_type[virt_type])
+               for virt_type in _in_virt_type_order(domcaps_by_virt_type)}
+    return facts_from_parsed(capabilities, entries, versions, expansions, verified, expansion_data)
+
+
+def facts_from_parsed(capabilities: Optional[Dict[str, Any]],
+                      entries: Mapping[str, Entry],
+                      versions: Optional[Mapping[str, Union[str, int, None]]] = None,
+                      expansions: Optional[Mapping[str, Mapping[str, Optional[str]]]] = None,
+                      verified: Optional[Mapping[str, Mapping[str, Dict[str, Any]]]] = None,
+                      expansion_data: Optional[Mapping[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """``build_facts`` from the XML as ``parse_capabilities`` and ``parse_domain_capabilities`` read it
+    (``_probe.probe`` returns both, so the XML is not parsed twice). *capabilities* and *entries* become
+    part of the facts."""
     versions = versions or {}
     libvirt_version = version_text(versions.get("libvirt_version"))
-    capabilities = parse_capabilities(capabilities_xml) if capabilities_xml is not None else None
     facts = capabilities["host"] if capabilities is not None else _empty_host()
     facts["libvirt_version"] = libvirt_version
     facts["hypervisor_version"] = version_text(versions.get("hypervisor_version"))
     virt_types = {}
     summary = {}
-    for virt_type in _in_virt_type_order(domcaps_by_virt_type):
-        entry = virt_type_entry(virt_type, domcaps_by_virt_type[virt_type], libvirt_version,
-                                (expansions or {}).get(virt_type))
+    for virt_type in _in_virt_type_order(entries):
+        _check_domain_type(virt_type, entries[virt_type])
+        entry = _complete_entry(entries[virt_type], libvirt_version, (expansions or {}).get(virt_type))
         if verified and virt_type in verified:
             summary[virt_type] = _attach_verified(entry, verified[virt_type])
         if expansion_data is not None:

@@ -27,14 +27,16 @@ import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import CPU_MAP_DIR
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data import DATA_FORMAT, _data_fingerprint
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import EXPANSION_DATA_FORMAT, expansion_data_fingerprint
 
 # Bump whenever the probe's logic (_probe_qemu, _expansion_data, the CPU map reading) changes what it
 # measures or how, so that data measured by the older logic is measured again.
 PROBE_VERSION = 1
 CACHE_FORMAT = 1
 DEFAULT_CACHE_PATH = "/var/cache/hostcpu-libvirt/cpu_facts.json"
+# _cpu_map.CPU_MAP_DIR (a unit test holds them equal), not imported: an unchanged host's run then
+# does not load the CPU map code, which only measuring needs.
+CPU_MAP_DIR = "/usr/share/libvirt/cpu_map"
 # A cache file larger than this is not read (it holds a few entries of ~20-120 kB each).
 MAX_CACHE_BYTES = 32 * 1024 * 1024
 # URIs kept in the cache, the most recently written ones (a URI naming a socket in a temporary
@@ -120,7 +122,7 @@ def collect_inputs(uri: Optional[str], versions: Mapping[str, Any], host: Mappin
         "emulator": file_identity(emulators.get(virt_type)) if local else None,
         "kernel": kernel,
         "cpu_map": cpu_map,
-        "data_format": DATA_FORMAT,
+        "data_format": EXPANSION_DATA_FORMAT,
         "probe_version": PROBE_VERSION,
     } for virt_type, xml in domcaps.items()}
 
@@ -161,12 +163,12 @@ def reuse_problem(data: Any, virt_type: str, fingerprint: str) -> Optional[str]:
     MISMATCH when it was measured from other inputs (or is absent); else what is wrong with it."""
     if not isinstance(data, Mapping) or data.get("inputs") != fingerprint:
         return MISMATCH
-    if data.get("format") != DATA_FORMAT:
-        return "its format is %r, not %d" % (data.get("format"), DATA_FORMAT)
+    if data.get("format") != EXPANSION_DATA_FORMAT:
+        return "its format is %r, not %d" % (data.get("format"), EXPANSION_DATA_FORMAT)
     if data.get("virt_type") != virt_type:
         return "it is the data of virt type %r" % (data.get("virt_type"),)
     try:
-        intact = data.get("fingerprint") == _data_fingerprint(
+        intact = data.get("fingerprint") == expansion_data_fingerprint(
             {key: value for key, value in data.items() if key not in ("inputs", "inputs_detail")})
     except (TypeError, ValueError):
         intact = False
@@ -305,11 +307,10 @@ class ExpansionReuse:
         return self._cached
 
     def lookup(self, virt_type: str, fingerprint: str) -> Optional[Dict[str, Any]]:
-        previous = self.previous.get(virt_type)
-        cached = None
-        if reuse_problem(previous, virt_type, fingerprint) is not None:
-            cached = self.cached().get(virt_type)
-        data, source, warnings = decide(virt_type, fingerprint, previous, cached)
+        data, source, warnings = decide(virt_type, fingerprint, previous=self.previous.get(virt_type))
+        if data is None:  # only then is the cache read
+            data, source, cache_warnings = decide(virt_type, fingerprint, cached=self.cached().get(virt_type))
+            warnings += cache_warnings
         self.sources[virt_type] = source
         self.warnings += warnings
         return data

@@ -12,8 +12,6 @@ reused (``_facts_cache``) its probe guests (``_probe_qemu``).
 from __future__ import annotations
 
 import os
-import secrets
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import (
@@ -150,6 +148,10 @@ def verify_entries(conn, entries: Dict[str, Entry], token: Optional[str] = None)
     the guests run in parallel threads on the one (thread-safe) connection; each thread removes
     its own guest.
     """
+    # Imported only for verify_modes, like _probe_qemu below only for measuring.
+    import secrets  # pylint: disable=import-outside-toplevel
+    from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
+
     token = token or secrets.token_hex(4)
     jobs = [(virt_type, mode) for virt_type, entry in entries.items()
             for mode in VERIFIABLE_MODES if mode_supported(entry, mode)]
@@ -177,7 +179,9 @@ def gather_expansion_data(conn, entries: Dict[str, Entry], capabilities_xml: str
     """
     if not entries:
         return {}, {}
-    # Imported only when QEMU is measured: an unchanged host reusing its data does not compile it.
+    # Imported only when QEMU is measured: an unchanged host reusing its data does not load them.
+    from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
+
     from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe_qemu import (  # pylint: disable=import-outside-toplevel
         expansion_data_from_libvirt,
     )
@@ -239,7 +243,8 @@ def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False
           reuse: Optional[Callable[[str, str], Optional[Dict[str, Any]]]] = None) -> Dict[str, Any]:
     """Everything build_facts needs, read from *conn*.
 
-    Returns ``capabilities_xml``, ``domcaps`` (virt type -> XML), ``versions``, ``expansions``,
+    Returns ``capabilities_xml``, ``domcaps`` (virt type -> XML), both also parsed (``capabilities``,
+    ``entries``: for ``_facts.facts_from_parsed``), ``versions``, ``expansions``,
     ``verified`` (None unless *verify*) and ``unavailable`` (virt type -> why it is missing; without
     *virt_types* every virt type of the QEMU driver is tried, so this says why kvm is absent).
     With *expansion*, also ``expansion_data`` (virt type -> live_cpu's data, with the fingerprint of
@@ -252,9 +257,9 @@ def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False
     arch = capabilities["host"]["arch"]
     offered = candidate_virt_types(capabilities)
     wanted: List[str] = list(virt_types) if virt_types else list(VIRT_TYPES)
-    result: Dict[str, Any] = {"capabilities_xml": capabilities_xml, "domcaps": {}, "versions": versions,
-                              "expansions": {}, "verified": {} if verify else None, "unavailable": {}}
     entries: Dict[str, Entry] = {}
+    result: Dict[str, Any] = {"capabilities_xml": capabilities_xml, "domcaps": {}, "capabilities": capabilities, "entries": entries,
+                              "versions": versions, "expansions": {}, "verified": {} if verify else None, "unavailable": {}}
     for virt_type in wanted:
         if virt_type not in offered:
             result["unavailable"][virt_type] = not_offered_reason(virt_type, arch)

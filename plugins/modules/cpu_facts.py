@@ -346,7 +346,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
     require_libraries,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT_TYPES, build_facts, check_virt_types
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT_TYPES, build_facts, check_virt_types, facts_from_parsed
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache import DEFAULT_CACHE_PATH, ExpansionReuse
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe import probe
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import rules_for, version_warning
@@ -415,8 +415,8 @@ def facts_from_libvirt(module: AnsibleModule) -> dict:
     rules_for(libvirt_version)
     if version_warning(libvirt_version):
         module.warn(version_warning(libvirt_version))
-    facts = build_facts(found["capabilities_xml"], found["domcaps"], found["versions"], found["expansions"], found["verified"],
-                        found["expansion_data"])
+    facts = facts_from_parsed(found["capabilities"], found["entries"], found["versions"], found["expansions"], found["verified"],
+                              found["expansion_data"])
     for virt_type, reason in found["expansion_errors"].items():
         module.warn("the live-CPU expansion data of virt type %s could not be measured (live_cpu cannot predict for it): %s"
                     % (virt_type, reason))

@@ -24,6 +24,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
     candidate_virt_types,
     check_virt_types,
     custom_model,
+    facts_from_parsed,
     fingerprint,
     fix_candidates,
     host_model_as_custom_xml,
@@ -311,6 +312,24 @@ def test_non_migratable_features(facts):
     kvm = facts["virt_types"]["kvm"]
     assert {f["name"] for f in kvm["host_model_expanded"]["features"]} - \
         {f["name"] for f in kvm["host_model_migratable"]["features"]} == {"invtsc"}
+
+
+def test_facts_from_parsed_xml_are_those_of_the_xml():
+    """cpu_facts builds its facts from the XML _probe parsed already; they are the same facts, in the same order."""
+    expansion_data = {"qemu": {"format": 1}}
+    verified = {"kvm": {"maximum": verified_result(("<domain><cpu mode='maximum'/></domain>", None))}}
+    for virt_types in (VIRT_TYPES, VIRT_TYPES[::-1]):
+        parsed = facts_from_parsed(parse_capabilities(_read("capabilities.xml")),
+                                   {vt: parse_domain_capabilities(_domcaps(vt)) for vt in virt_types}, VERSIONS,
+                                   {vt: _expansion(vt) for vt in VIRT_TYPES}, verified, expansion_data)
+        built = build_facts(_read("capabilities.xml"), {vt: _domcaps(vt) for vt in virt_types}, VERSIONS,
+                            {vt: _expansion(vt) for vt in VIRT_TYPES}, verified, expansion_data)
+        assert json.dumps(parsed) == json.dumps(built)
+
+
+def test_facts_from_parsed_refuse_an_entry_of_another_virt_type():
+    with pytest.raises(FactsError, match="those of 'qemu'"):
+        facts_from_parsed(None, {"kvm": parse_domain_capabilities(_domcaps("qemu"))})
 
 
 def test_facts_without_expansions_or_capabilities():

@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -111,6 +113,21 @@ def test_cpu_map_identity_is_each_files_stat(cpu_map):
     assert [item[0] for item in identity] == sorted(os.listdir(cpu_map))
     first = cpu_map / identity[0][0]
     assert identity[0][1:] == [first.stat().st_size, first.stat().st_mtime_ns, first.stat().st_ino]
+
+
+def test_the_cpu_map_is_read_where_the_cpu_map_code_reads_it():
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import CPU_MAP_DIR  # pylint: disable=import-outside-toplevel
+    assert _facts_cache.CPU_MAP_DIR == CPU_MAP_DIR
+
+
+def test_the_data_format_and_fingerprint_are_those_the_data_is_built_with(real_facts):
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils import _expansion_data  # pylint: disable=import-outside-toplevel
+    data = real_facts["virt_types"]["kvm"]["expansion"]
+    content = {key: value for key, value in data.items() if key not in ("inputs", "inputs_detail")}
+    assert _facts_cache.EXPANSION_DATA_FORMAT == _expansion_data.DATA_FORMAT == data["format"]
+    assert _facts_cache.expansion_data_fingerprint(content) == data["fingerprint"]
+    rebuilt = _expansion_data.expansion_data_from_parts({"features": [], "bits": {}, "models": {}}, "kvm", None, None, {})
+    assert rebuilt["fingerprint"] == _facts_cache.expansion_data_fingerprint(rebuilt)
 
 
 def test_unreadable_things_are_inputs_too(tmp_path):
@@ -510,6 +527,41 @@ def test_the_probe_measures_only_what_it_cannot_reuse(inputs, real_facts, emulat
     assert data["qemu"] == cached
     assert data["kvm"]["inputs"] == inputs_fingerprint(inputs["kvm"]) and data["kvm"]["inputs_detail"] == compact_inputs(inputs["kvm"])
     assert list(data) == ["kvm", "qemu"]
+
+
+REUSE_ONLY = """
+import json, sys
+from pathlib import Path
+from ansible_collections.hostcpu.libvirt.plugins.modules import cpu_facts
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _probe
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import build_facts, parse_capabilities
+
+class Connection:
+    def getURI(self):
+        return "qemu:///system"
+
+fixtures = Path(sys.argv[1])
+facts = json.loads((fixtures / "cpu_facts.json").read_text())
+capabilities = (fixtures / "capabilities.xml").read_text()
+domcaps = {vt: (fixtures / ("domcapabilities-%s.xml" % vt)).read_text() for vt in ("kvm", "qemu")}
+entries = {vt: {"emulator": "/usr/bin/qemu-system-x86_64"} for vt in domcaps}
+data, errors = _probe.reuse_or_gather(Connection(), entries, capabilities, domcaps, {}, parse_capabilities(capabilities)["host"],
+                                      lambda virt_type, inputs: dict(facts["virt_types"][virt_type]["expansion"]))
+assert set(data) == set(domcaps) and not errors
+build_facts(capabilities, domcaps, None, None, None, data)
+print(json.dumps(sorted(name.rsplit(".", 1)[-1] for name in sys.modules if name.startswith("ansible_collections.hostcpu"))
+                 + [name for name in ("concurrent.futures", "secrets") if name in sys.modules]))
+"""
+
+
+def test_reusing_the_data_loads_none_of_the_measuring_code():
+    """An unchanged host's run compiles none of what only measuring needs (the module's payload ships it as source)."""
+    collections_root = Path(os.path.abspath(_facts_cache.__file__)).parents[5]  # holds ansible_collections/
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(collections_root), os.environ.get("PYTHONPATH")))))
+    found = subprocess.run([sys.executable, "-c", REUSE_ONLY, str(FIXTURES)], capture_output=True, text=True, check=True, env=env)
+    loaded = set(json.loads(found.stdout))
+    assert "_facts_cache" in loaded and "_probe" in loaded
+    assert not loaded & {"_probe_qemu", "_expansion_data", "_cpu_map", "_expansion", "concurrent.futures", "secrets"}
 
 
 def test_only_the_most_recently_written_uris_are_kept(tmp_path, monkeypatch):
