@@ -72,6 +72,8 @@ def clear_caches() -> None:
     _cpu_map._CPU_MAPS.clear()  # pylint: disable=protected-access
     _cpu_map._MAPS_OF_DATA.clear()  # pylint: disable=protected-access
     _shape._CHECKED.clear()  # pylint: disable=protected-access
+    _expansion._SHARED.clear()  # pylint: disable=protected-access
+    _baseline._HOST_MODEL_CPUS.clear()  # pylint: disable=protected-access
 
 
 def timed(hosts: list, cold: bool) -> tuple:
@@ -175,6 +177,8 @@ def main() -> int:
         print("%-8s %5d hosts, %4d distinct: cold %.3f s (median of %d), warm %.3f s; %d CPU maps decoded; model %s, %d required, %d disabled"
               % (label, entry["hosts"], entry["distinct"], entry["cold"], args.repeat, entry["warm"], entry["map_decodes"],
                  entry["model"], entry["required"], entry["disabled"]))
+        print("         profile of one cold call (cumulative): %s"
+              % ", ".join("%s %.0f ms" % (item["function"], 1000 * item["seconds"]) for item in entry["profile"]))
     return 0
 
 

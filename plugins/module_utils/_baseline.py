@@ -67,11 +67,19 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import (
     CPUMap,
     DISABLING,
     ENABLING,
+    Mask,
     cpu_map_from_xml,
     cpu_map_of,
     read_cpu_map_files,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import context_for, predict_live_cpu
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import (
+    Context,
+    CPUDefinitions,
+    GuestCPU,
+    predict_live_cpu,
+    predict_live_guest,
+    shared_models_decoding,
+)
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._machines import FAMILY_NAMES, MachineError, fleet_machine
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._migration import migration_verdict
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import (
@@ -117,10 +125,15 @@ class HostRecord(NamedTuple):
 # inputs: whole facts, virt_types entries, records
 
 
+def _is_mapping(value: Any) -> bool:
+    # Facts are JSON: the exact-type test first; the ABC test (slow) only for other mappings.
+    return type(value) is dict or isinstance(value, Mapping)  # pylint: disable=unidiomatic-typecheck
+
+
 def _source(item: Any, position: int, virt_type: Optional[str]) -> Tuple[str, Tuple[Any, Optional[str], str, bool]]:
     """The host's name and what ``select_entries`` needs: its facts, virt type, label and strictness
     (a record's own virt type must match its facts; the list's is for whole facts only)."""
-    if isinstance(item, Mapping) and "facts" in item and not _is_entry(item):
+    if _is_mapping(item) and "facts" in item and not _is_entry(item):
         name = str(item.get("name") or item.get("host") or "host %d" % (position + 1))
         if item.get("virt_type") is not None:
             return name, (item["facts"], item["virt_type"], "the facts of %s" % name, True)
@@ -151,7 +164,7 @@ _CONTROLLER_MAP: Dict[str, CPUMap] = {}
 
 def _facts_map(entry: Entry) -> Optional[CPUMap]:
     data = entry.get("expansion")
-    if not isinstance(data, Mapping) or "models" not in data or "features" not in data:
+    if not _is_mapping(data) or "models" not in data or "features" not in data:
         return None
     return cpu_map_of(data)
 
@@ -193,6 +206,32 @@ def enabled_features(cpu: Optional[Mapping[str, Any]], cpu_map: Optional[CPUMap]
     return frozenset(names)
 
 
+def _live_enabled(ctx: Context, live: GuestCPU) -> Tuple[Mask, List[str]]:
+    """What ``enabled_features(live.as_dict(), ctx.map)`` counts, without building the dict: the
+    enabled features in ctx.map as a mask, and the names of those the map lacks. The live CPU's
+    features have distinct names, so their order cannot matter."""
+    model = live.model if live.mode == "custom" else None
+    mask = ctx.map.models[model].mask if model and model in ctx.map.models else 0
+    enabling = [name for name, policy in live.features.items() if (policy or "require") in ENABLING]
+    disabling = [name for name, policy in live.features.items() if (policy or "require") in DISABLING]
+    enabling_mask = ctx.map.mask(enabling)
+    enabled = (mask | enabling_mask) & ~ctx.map.mask(disabling)
+    if _bit_count(enabling_mask) == len(enabling):
+        return enabled, []
+    return enabled, [name for name in enabling if name not in ctx.map.index]
+
+
+def _bit_count(mask: Mask) -> int:
+    return bin(mask).count("1")
+
+
+def _enabled_live_features(ctx: Context, live: GuestCPU) -> FrozenSet[str]:
+    """``enabled_features(live.as_dict(), ctx.map)``."""
+    enabled, unknown = _live_enabled(ctx, live)
+    names = frozenset(ctx.map.names_of(enabled))
+    return names.union(unknown) if unknown else names
+
+
 # ---------------------------------------------------------------------------------------------
 # one host as the baseline sees it
 
@@ -214,7 +253,7 @@ class HostView(NamedTuple):
 
 def _expansion_data(entry: Entry) -> Optional[Mapping[str, Any]]:
     data = entry.get("expansion")
-    return data if isinstance(data, Mapping) and "qemu" in data else None
+    return data if _is_mapping(data) and "qemu" in data else None
 
 
 def _identity(entry: Entry, known: Optional[Tuple[Any, ...]] = None) -> Tuple[Any, ...]:
@@ -234,8 +273,12 @@ def _identity(entry: Entry, known: Optional[Tuple[Any, ...]] = None) -> Tuple[An
             tuple((f.get("name"), f.get("policy")) for f in migratable.get("features") or ()))
 
 
+# json.dumps(identity, default=str) without building an encoder per call
+_KEY_ENCODER = json.JSONEncoder(default=str)
+
+
 def _key_of(identity: Tuple[Any, ...]) -> str:
-    return hashlib.sha256(json.dumps(identity, default=str).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_KEY_ENCODER.encode(identity).encode("utf-8")).hexdigest()
 
 
 def host_key(entry: Entry) -> str:
@@ -243,22 +286,46 @@ def host_key(entry: Entry) -> str:
     return _key_of(_identity(entry))
 
 
+class _HostModelCPUs:
+    """The host-model CPUs tried on every host (plain, then with the prediction's fixes disabled),
+    each built and defined once (``CPUDefinitions``); nothing changes them once built."""
+
+    def __init__(self) -> None:
+        self.definitions = CPUDefinitions()
+        self._cpus: Dict[Tuple[str, ...], CPUDict] = {}
+
+    def cpu(self, fix: Tuple[str, ...]) -> CPUDict:
+        cpu = self._cpus.get(fix)
+        if cpu is None:
+            cpu = {"mode": "host-model"}
+            if fix:
+                cpu["features"] = [{"name": name, "policy": "disable"} for name in fix]
+            if len(self._cpus) >= self.definitions.size:
+                self.clear()
+            self._cpus[fix] = cpu
+        return cpu
+
+    def clear(self) -> None:
+        self.definitions = CPUDefinitions()
+        self._cpus.clear()
+
+
+_HOST_MODEL_CPUS = _HostModelCPUs()
+
+
 def _predicted_host_features(entry: Entry) -> Tuple[FrozenSet[str], Tuple[str, ...]]:
     """Enabled features of the predicted live host-model CPU, with the prediction's fix when refused."""
-    cpu_map = context_for(entry).map
-    cpu: CPUDict = {"mode": "host-model"}
     fix: List[str] = []
     for _attempt in range(4):
         try:
-            live = predict_live_cpu(cpu, entry)
-            return enabled_features(live, cpu_map), tuple(fix)
+            ctx, live, _enabled = predict_live_guest(_HOST_MODEL_CPUS.cpu(tuple(fix)), entry, _HOST_MODEL_CPUS.definitions)
+            return _enabled_live_features(ctx, live), tuple(fix)
         except GuestWouldNotStart as exc:
             names = [f["name"] for f in exc.fix or () if f["name"] not in fix]
             if not names:
                 raise FleetError("%s (virt type %s) does not start a host-model guest: %s"
                                  % ("the host", entry.get("domain_type"), exc)) from None
             fix.extend(names)
-            cpu = {"mode": "host-model", "features": [{"name": name, "policy": "disable"} for name in fix]}
     raise FleetError("the host-model CPU of virt type %s cannot be made to start with the known fixes" % entry.get("domain_type"))
 
 
@@ -282,10 +349,16 @@ def _host_vendor(entry: Entry) -> Optional[str]:
     return cpu.get("vendor")
 
 
-def _build_view(key: str, entry: Entry) -> HostView:
-    models = (entry.get("modes") or {}).get("custom", {}).get("models") or ()
+def _usable_and_vendors(models: Sequence[Mapping[str, Any]]) -> Tuple[FrozenSet[str], Dict[str, Optional[str]]]:
     usable = frozenset(model["name"] for model in models if model.get("usable") is True)
     vendors = {model["name"]: _model_vendor(model) for model in models}
+    return usable, vendors
+
+
+def _build_view(key: str, entry: Entry) -> HostView:
+    models = (entry.get("modes") or {}).get("custom", {}).get("models") or ()
+    # hosts of one CPU generation and QEMU report the same models: worked out once for them
+    usable, vendors = shared_models_decoding(("baseline: usable models and vendors",), models, _usable_and_vendors)
     data = _expansion_data(entry)
     predictable = data is not None and "models" in data and "features" in data
     if predictable:
@@ -356,12 +429,17 @@ class Baseline(NamedTuple):
     hosts: List[str]
 
 
+NAMES_SHOWN = 8
+
+
 def _names(hosts: Iterable[DistinctHost]) -> str:
-    names: List[str] = []
+    shown: List[str] = []
+    total = 0
     for host in hosts:
-        names.extend(host.names)
-    shown = ", ".join(names[:8])
-    return shown + (" and %d more" % (len(names) - 8) if len(names) > 8 else "")
+        total += len(host.names)
+        if len(shown) < NAMES_SHOWN:
+            shown.extend(host.names[:NAMES_SHOWN - len(shown)])
+    return ", ".join(shown) + (" and %d more" % (total - NAMES_SHOWN) if total > NAMES_SHOWN else "")
 
 
 def _check_arch(hosts: Sequence[DistinctHost]) -> None:
@@ -484,6 +562,10 @@ class _Draft:
         self.common: Set[str] = {name for name in common if name in self.known}
         self.disabled: Set[str] = set()
         self.dropped: Dict[str, str] = {}
+        # the CPU of the current state, predicted on every host: built and defined once per state
+        self._cpu: Optional[CPUDict] = None
+        self._target_masks: Dict[CPUMap, Optional[Mask]] = {}
+        self.definitions = CPUDefinitions()
 
     def target(self) -> FrozenSet[str]:
         """The features the guest must see: the common ones."""
@@ -502,6 +584,8 @@ class _Draft:
                 self.disabled.add(name)
                 changed = True
             self.dropped.setdefault(name, reason)
+        if changed:
+            self._state_changed()
         return changed
 
     def disable(self, names: Iterable[str], reason: str) -> bool:
@@ -512,9 +596,28 @@ class _Draft:
                 self.disabled.add(name)
                 self.dropped.setdefault(name, reason)
                 changed = True
+        if changed:
+            self._state_changed()
         return changed
 
+    def _state_changed(self) -> None:
+        self._cpu = None
+        self._target_masks.clear()
+
+    def target_mask(self, cpu_map: CPUMap) -> Optional[Mask]:
+        """``target()`` as a mask of *cpu_map*, None when the map lacks one of its features."""
+        if cpu_map not in self._target_masks:
+            mask = cpu_map.mask(self.common)
+            self._target_masks[cpu_map] = mask if _bit_count(mask) == len(self.common) else None
+        return self._target_masks[cpu_map]
+
     def cpu(self) -> CPUDict:
+        """The CPU of the current state (the same dict until the state changes: do not change it)."""
+        if self._cpu is None:
+            self._cpu = self._built_cpu()
+        return self._cpu
+
+    def _built_cpu(self) -> CPUDict:
         order = self.map.index
         required = sorted(self.common - self.model_features, key=order.__getitem__)
         disabled = sorted((self.model_features_anywhere | self.disabled) - self.common, key=order.__getitem__)
@@ -537,7 +640,7 @@ def _refine_on(host: DistinctHost, draft: _Draft) -> bool:
     ones it has beyond them. A difference that cannot be adjusted away is an error.
     """
     try:
-        live = predict_live_cpu(draft.cpu(), host.entry)
+        ctx, live, _enabled = predict_live_guest(draft.cpu(), host.entry, draft.definitions)
     except GuestWouldNotStart as exc:
         label = _names([host])
         fix = [f["name"] for f in exc.fix or ()]
@@ -549,7 +652,10 @@ def _refine_on(host: DistinctHost, draft: _Draft) -> bool:
         return True
     except ExpansionDataError as exc:
         raise FleetError("%s: %s" % (_names([host]), exc)) from None
-    live_features = enabled_features(live, _host_map(host))
+    enabled, unknown = _live_enabled(ctx, live)
+    if not unknown and enabled == draft.target_mask(ctx.map):
+        return False
+    live_features = frozenset(ctx.map.names_of(enabled)).union(unknown)
     target = draft.target()
     if live_features == target:
         return False
@@ -771,18 +877,39 @@ def _guest_machine(guest: Mapping[str, Any], machines: Mapping[str, Any]) -> Opt
     return machine
 
 
+class _Judged(NamedTuple):
+    """Where a CPU starts and migrates with a machine type: the same for every guest of that CPU and machine."""
+    verdicts: Dict[str, Dict[str, Any]]
+    paths: List[Dict[str, Any]]
+    path_index: Dict[str, Dict[str, int]]
+
+
+def _judged(cpu: CPUDict, groups: Sequence[Dict[str, Any]], machine: Optional[str], memo: Dict[Tuple[str, Optional[str]], _Judged]) -> _Judged:
+    """The verdict on every group and the migration paths between them, worked out once per CPU and machine
+    (a fleet's guests mostly share a few CPUs: the fleet CPU above all)."""
+    key = (json.dumps(cpu, sort_keys=True), machine)
+    if key not in memo:
+        verdicts = {group["id"]: cpu_verdict(cpu, group["entry"]) for group in groups}
+        entries = {group["id"]: group["entry"] for group in groups}
+        paths = [dict(_path(verdicts[origin]["live_cpu"], entries[origin], entries[target], machine), **{"from": origin, "to": target})
+                 for origin in entries if verdicts[origin]["runs"] for target in entries if target != origin]
+        path_index: Dict[str, Dict[str, int]] = {}
+        for index, path in enumerate(paths):
+            path_index.setdefault(path["from"], {})[path["to"]] = index
+        memo[key] = _Judged(verdicts, paths, path_index)
+    return memo[key]
+
+
 def _guest_report(guest: Mapping[str, Any], cpu: CPUDict, groups: Sequence[Dict[str, Any]],
-                  host_group: Mapping[str, str], machines: Mapping[str, Any]) -> Dict[str, Any]:
-    verdicts = {group["id"]: cpu_verdict(cpu, group["entry"]) for group in groups}
+                  host_group: Mapping[str, str], machines: Mapping[str, Any],
+                  memo: Dict[Tuple[str, Optional[str]], _Judged]) -> Dict[str, Any]:
+    machine = _guest_machine(guest, machines)
+    verdicts, paths, path_index = _judged(cpu, groups, machine, memo)
     source = host_group.get(str(guest.get("host"))) if guest.get("host") is not None else None
     if guest.get("host") is not None and source is None:
         raise FleetError("guest %s: host '%s' is not one of the fleet's hosts" % (guest.get("name"), guest.get("host")))
     if source is None:
         source = next((gid for gid, verdict in verdicts.items() if verdict["runs"]), None)
-    machine = _guest_machine(guest, machines)
-    entries = {group["id"]: group["entry"] for group in groups}
-    paths = [dict(_path(verdicts[origin]["live_cpu"], entries[origin], entries[target], machine), **{"from": origin, "to": target})
-             for origin in entries if verdicts[origin]["runs"] for target in entries if target != origin]
     migration = {path["to"]: {key: path[key] for key in ("outcome", "migrates", "blockers", "refusal")}
                  for path in paths if path["from"] == source}
     return {
@@ -796,6 +923,7 @@ def _guest_report(guest: Mapping[str, Any], cpu: CPUDict, groups: Sequence[Dict[
         "migrates_to": [gid for gid, verdict in migration.items() if verdict["migrates"]],
         "migration": migration,
         "paths": paths,
+        "path_index": path_index,
     }
 
 
@@ -841,7 +969,8 @@ def compatibility(records: Sequence[HostRecord], guests: Sequence[Mapping[str, A
     guest_list = [{"name": "fleet CPU", "cpu": "fleet"}] if fleet["cpu"] is not None else []
     guest_list.extend(guests or ())
     machines = _machine_summary(records, machine_family)
-    reports = [_guest_report(guest, _guest_cpu(guest, fleet["cpu"]), groups, host_group, machines) for guest in guest_list]
+    memo: Dict[Tuple[str, Optional[str]], _Judged] = {}
+    reports = [_guest_report(guest, _guest_cpu(guest, fleet["cpu"]), groups, host_group, machines, memo) for guest in guest_list]
     return {
         "groups": [{key: value for key, value in group.items() if key not in ("entry", "key")} for group in groups],
         "hosts": [{"name": record.name, "group": host_group[record.name], "virt_type": record.entry.get("domain_type")}

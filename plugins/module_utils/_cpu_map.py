@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from functools import reduce
+from itertools import compress, repeat
+from operator import or_
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import ExpansionDataError, GuestWouldNotStart
@@ -26,8 +29,19 @@ CPU_MAP_CACHE_SIZE = 16
 Mask = int
 
 
+# bin()'s digits as the 0/1 selectors itertools.compress takes
+_BIT_SELECTORS = bytes.maketrans(b"01", b"\x00\x01")
+
+
 def names_of(mask: Mask, names: Sequence[str]) -> List[str]:
     """The feature names of *mask*, in CPU map order."""
+    if 0 <= mask and mask.bit_length() <= len(names):
+        return list(compress(names, bin(mask)[:1:-1].encode("ascii").translate(_BIT_SELECTORS)))
+    return _names_bit_by_bit(mask, names)
+
+
+def _names_bit_by_bit(mask: Mask, names: Sequence[str]) -> List[str]:
+    """names_of for a mask with bits beyond *names*: fails on the first one (IndexError)."""
     result = []
     index = 0
     while mask:
@@ -327,6 +341,7 @@ class CPUMap:
     def __init__(self, names: Sequence[str], models: "OrderedDict[str, ModelInfo]"):
         self.names = list(names)
         self.index = {name: position for position, name in enumerate(self.names)}
+        self.bits = {name: 1 << position for name, position in self.index.items()}
         self.models = models
         self.model_order = list(models)
 
@@ -363,14 +378,21 @@ class CPUMap:
         return cls(names, models)
 
     def mask(self, names: Iterable[str]) -> Mask:
-        return mask_of(names, self.index)
+        """The bits of *names*; names the map does not know have none."""
+        return reduce(or_, map(self.bits.get, names, repeat(0)), 0)
 
     def bit(self, name: str) -> Mask:
-        position = self.index.get(name)
-        return 0 if position is None else 1 << position
+        return self.bits.get(name, 0)
 
     def names_of(self, mask: Mask) -> List[str]:
         return names_of(mask, self.names)
+
+    def with_policies(self, mask: Mask, features: Mapping[str, str]) -> Mask:
+        """``apply_policies`` for features of distinct names (a mapping of name to policy), where
+        their order cannot matter."""
+        enabling = [name for name, policy in features.items() if policy in ENABLING]
+        disabling = [name for name, policy in features.items() if policy in DISABLING]
+        return (mask | self.mask(enabling)) & ~self.mask(disabling)
 
 
 # The map of each expansion data object seen, by identity (the object is kept, so its id is not
@@ -391,7 +413,7 @@ def cpu_map_of(data: Mapping[str, Any]) -> CPUMap:
     if seen is not None and seen[0] is data:
         return seen[1]
     features, models = data.get("features"), data.get("models")
-    if not isinstance(features, list) or not isinstance(models, Mapping):
+    if not isinstance(features, list) or not _is_mapping(models):
         return CPUMap.from_facts(data)
     cpu_map = _shared_map(features, models, data)
     _MAPS_OF_DATA[id(data)] = (data, cpu_map)
@@ -438,7 +460,12 @@ def _signature_tuple(sig: Sequence[Any]) -> Tuple[int, int, Optional[Tuple[int, 
     return (int(sig[0]), int(sig[1]), tuple(sig[2]) if len(sig) > 2 and sig[2] else None)
 
 
+def _is_mapping(value: Any) -> bool:
+    # Facts are JSON: the exact-type test first; the ABC test (slow) only for other mappings.
+    return type(value) is dict or isinstance(value, Mapping)  # pylint: disable=unidiomatic-typecheck
+
+
 def required_mapping(value: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
+    if not _is_mapping(value):
         raise ExpansionDataError("expansion data: '%s' must be a mapping, got %s" % (what, type(value).__name__))
     return value

@@ -41,7 +41,8 @@ is stored compactly: feature sets are hex bit masks over the CPU map's feature l
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from operator import methodcaller
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import (
     DISABLING,
@@ -103,6 +104,119 @@ class _BlockerMasks(Mapping):
         return len(self._names)
 
 
+class _SharedDecodings:
+    """Parts of the facts decoded once for every host whose raw part is equal (``==``, in C): hosts of
+    one QEMU and libvirt version carry the same model definitions, MSR bits, dependencies and
+    domcapabilities model list, while their supported features and host-model CPUs differ.
+
+    Each part is decoded by one function of the raw value (and of the CPU map, part of the key);
+    an error is raised by that decoding and never kept. The raw value is kept as a plain copy, so
+    facts changed later do not change what it is compared with. Mappings must also have their keys
+    in the same order (``==`` ignores it; the decoded dicts keep it, e.g. the MSR bits named in a refusal).
+    """
+
+    def __init__(self, candidates: int, keys: int) -> None:
+        self.candidates = candidates
+        self.keys = keys
+        self._known: Dict[Tuple[Any, ...], List[Tuple[Any, Optional[List[Any]], Any]]] = {}
+
+    def get(self, key: Tuple[Any, ...], raw: Any, decode: Callable[[Any], Any]) -> Any:
+        known = self._known.get(key)
+        if known is None:
+            if len(self._known) >= self.keys:
+                self._known.clear()
+            known = self._known[key] = []
+        for known_raw, known_order, decoded in known:
+            if raw == known_raw and (known_order is None or list(raw) == known_order):
+                return decoded
+        decoded = decode(raw)
+        if len(known) < self.candidates:
+            known.append((_plain_copy(raw), list(raw) if isinstance(raw, Mapping) else None, decoded))
+        return decoded
+
+    def get_models(self, key: Tuple[Any, ...], models: Any, decode: Callable[[Any], Any]) -> Any:
+        """``get`` for domcapabilities' custom models: usable= ``true`` and ``1`` are ``==`` but not
+        alike (``is True``), so the types of the usable values are part of the key."""
+        try:
+            usable_types = tuple(map(type, map(_USABLE_OF, models)))
+        except (AttributeError, TypeError):
+            return decode(models)
+        return self.get(key + (usable_types,), models, decode)
+
+    def clear(self) -> None:
+        self._known.clear()
+
+
+def _plain_copy(value: Any) -> Any:
+    """A copy of JSON-like *value* that compares equal to it (tuples stay tuples)."""
+    if isinstance(value, Mapping):
+        return {key: _plain_copy(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_plain_copy(item) for item in value)
+    if isinstance(value, list):
+        return [_plain_copy(item) for item in value]
+    return value
+
+
+_USABLE_OF = methodcaller("get", "usable")
+# Parts of up to this many QEMU and libvirt versions (and virt types) are kept per part, and parts
+# of at most SHARED_DECODING_KEYS // 3 CPU maps (the keys of the parts that depend on the map).
+SHARED_DECODING_CANDIDATES = 16
+SHARED_DECODING_KEYS = 64
+_SHARED = _SharedDecodings(SHARED_DECODING_CANDIDATES, SHARED_DECODING_KEYS)
+
+
+def shared_models_decoding(key: Tuple[Any, ...], models: Any, decode: Callable[[Any], Any]) -> Any:
+    """``decode(models)`` of domcapabilities' custom models, or what it gave for alike models under
+    *key* before (see _SharedDecodings): the result is shared, so it must not be changed."""
+    return _SHARED.get_models(key, models, decode)
+
+
+def _decoded_msr(raw: Any) -> Dict[str, Tuple[int, int]]:
+    return {name: (int(value[0]), int(value[1])) for name, value in required_mapping(raw, "msr").items()}
+
+
+def _decoded_qemu_models(raw: Any) -> Dict[str, Mask]:
+    return {name: from_hex(mask, "qemu.models.%s" % name) for name, mask in required_mapping(raw, "qemu.models").items()}
+
+
+def _decoded_levels(raw: Any) -> Dict[str, int]:
+    return {name: int(level) for name, level in required_mapping(raw, "qemu.levels").items()}
+
+
+def _decoded_level_raisers(raw: Any) -> List[Tuple[int, Mask]]:
+    return [(int(level), from_hex(mask, "qemu.level_raisers")) for level, mask in raw]
+
+
+class _CustomModels(NamedTuple):
+    """What the Context reads of domcapabilities' custom models."""
+
+    names: List[Any]
+    usable: Dict[Any, Any]
+    blockers: Dict[Any, Tuple[Any, ...]]
+
+
+def _distinct_policies(features: Any) -> Optional[Dict[str, str]]:
+    """A CPU's ``{name: policy or require}`` when its features have distinct string names (then
+    their order cannot matter); else None (and the caller walks them in order, failing as it would)."""
+    try:
+        policies = {feature["name"]: feature.get("policy") or "require" for feature in features}
+        distinct = len(policies) == len(features)
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return None
+    return policies if distinct and frozenset(map(type, policies)) <= _STR_TYPE else None
+
+
+_STR_TYPE = frozenset((str,))
+
+
+def _decoded_custom_models(custom_models: Any) -> _CustomModels:
+    return _CustomModels([model.get("name") for model in custom_models],
+                         {model.get("name"): model.get("usable") for model in custom_models},
+                         {model.get("name"): tuple(model.get("blockers") or ()) for model in custom_models
+                          if model.get("blockers") is not None})
+
+
 class Context:
     """Everything one prediction needs about one host and virt type, as integers and tuples."""
 
@@ -116,39 +230,50 @@ class Context:
         self.libvirt_version = parse_version(entry.get("libvirt_version"))
         self.rules = rules_for(self.libvirt_version)
         self.map = cpu_map_of(data)
-        self.unchecked = self.map.mask(name for name in self.rules.unchecked_features if name in self.map.index)
-        self.msr = {name: (int(value[0]), int(value[1])) for name, value in required_mapping(data.get("msr") or {}, "msr").items()}
+        self.unchecked = _SHARED.get(("unchecked", self.map), self.rules.unchecked_features, self._unchecked_mask)
+        self.msr = _SHARED.get(("msr",), data.get("msr") or {}, _decoded_msr)
         qemu = required_mapping(data.get("qemu"), "qemu")
-        self.qemu_models = {name: from_hex(mask, "qemu.models.%s" % name)
-                            for name, mask in required_mapping(qemu.get("models"), "qemu.models").items()}
+        self.qemu_models = _SHARED.get(("qemu.models",), qemu.get("models"), _decoded_qemu_models)
         self.supported = from_hex(qemu.get("supported"), "qemu.supported")
         self.migratable = from_hex(qemu.get("migratable"), "qemu.migratable")
         self.unknown = self.map.mask(qemu.get("unknown") or ())
-        self.dependencies = [(self.map.bit(parent), self.map.mask(children))
-                             for parent, children in required_mapping(qemu.get("dependencies") or {}, "qemu.dependencies").items()]
+        self.dependencies = _SHARED.get(("qemu.dependencies", self.map), qemu.get("dependencies") or {}, self._decoded_dependencies)
         self.msr_failures = [(int(failure["index"]), int(str(failure["value"]), 16)) for failure in qemu.get("msr_failures") or ()]
         self.unannounced_msrs = [(int(failure["index"]), int(failure["leaf"])) for failure in qemu.get("msr_unannounced_failures") or ()]
-        self.levels = {name: int(level) for name, level in required_mapping(qemu.get("levels") or {}, "qemu.levels").items()}
+        self.levels = _SHARED.get(("qemu.levels",), qemu.get("levels") or {}, _decoded_levels)
         self.qemu_rules = qemu_rules_for(qemu.get("version"))
         self.latent = from_hex(qemu.get("latent") or "", "qemu.latent")
         self.qemu_vendors = dict(required_mapping(qemu.get("vendors") or {}, "qemu.vendors"))
-        self.level_raisers = [(int(level), from_hex(mask, "qemu.level_raisers")) for level, mask in qemu.get("level_raisers") or ()]
+        self.level_raisers = _SHARED.get(("qemu.level_raisers",), qemu.get("level_raisers") or (), _decoded_level_raisers)
         self.host_model = self._host_model(data.get("host_model"))
+        self._host_model_mask: Optional[Mask] = None
         host = data.get("host")
         self.host = None if host is None else (host.get("vendor"), from_hex(host.get("features"), "host.features"),
                                                from_hex(host.get("listed"), "host.listed"))
         modes = entry.get("modes") or {}
         self.modes = {name: bool((mode or {}).get("supported")) for name, mode in modes.items()}
-        custom_models = (modes.get("custom") or {}).get("models") or ()
-        names = [model.get("name") for model in custom_models]
-        if not names:
-            names = list(self.qemu_models)
+        custom_models = _SHARED.get_models(("modes.custom.models",), (modes.get("custom") or {}).get("models") or (),
+                                           _decoded_custom_models)
+        names = custom_models.names or list(self.qemu_models)
         # domcapabilities' usable= and <blockers> of each model (the partial check and the translation use them)
-        self.usable = {model.get("name"): model.get("usable") for model in custom_models}
-        self.blockers = {model.get("name"): tuple(model.get("blockers") or ()) for model in custom_models
-                         if model.get("blockers") is not None}
+        self.usable = custom_models.usable
+        self.blockers = custom_models.blockers
         self.allowed: Mapping[str, Mask] = _BlockerMasks(names, self._blocker_mask)
         self.reported = self._reported_host_model((modes.get("host-model") or {}).get("cpu"))
+
+    def _unchecked_mask(self, names: Iterable[str]) -> Mask:
+        return self.map.mask(name for name in names if name in self.map.index)
+
+    def _decoded_dependencies(self, raw: Any) -> List[Tuple[Mask, Mask]]:
+        return [(self.map.bit(parent), self.map.mask(children))
+                for parent, children in required_mapping(raw, "qemu.dependencies").items()]
+
+    def host_model_mask(self) -> Mask:
+        """x86ModelFromCPU of the migratable host-model CPU (``host_model``), worked out once."""
+        if self._host_model_mask is None:
+            model, _vendor, features = self.host_model
+            self._host_model_mask = apply_policies(self.model_mask(model), features, self.map.bit)
+        return self._host_model_mask
 
     def _blocker_mask(self, name: str) -> Mask:
         """The features blocking QEMU's model *name* here (libvirt's hvModel->blockers): those
@@ -172,7 +297,11 @@ class Context:
         model = self.map.models.get(cpu["model"].get("name"))
         if model is None:
             return None
-        policies = ((feature["name"], feature.get("policy") or "require") for feature in cpu.get("features") or ())
+        features = cpu.get("features") or ()
+        distinct = _distinct_policies(features)
+        if distinct is not None:
+            return self.map.with_policies(model.mask, distinct)
+        policies = ((feature["name"], feature.get("policy") or "require") for feature in features)
         return apply_policies(model.mask, policies, self.map.bit)
 
     @staticmethod
@@ -228,7 +357,7 @@ def _decoded_context(entry: Mapping[str, Any]) -> Context:
 
 def context_for(entry: Mapping[str, Any]) -> Context:
     """The Context of *entry*, cached by the fingerprints of its expansion data and domcapabilities."""
-    if not isinstance(entry, Mapping):
+    if not _is_mapping(entry):
         raise ExpansionDataError("host facts must be a mapping (ansible_facts.hostcpu or one of its virt_types)")
     key = _context_key(entry)
     if key[0] is None:
@@ -267,11 +396,11 @@ class GuestCPU:
             self.features[name] = policy
 
     def with_policy(self, ctx: Context, *policies: str) -> Mask:
-        return ctx.map.mask(name for name, policy in self.features.items() if policy in policies)
+        return ctx.map.mask([name for name, policy in self.features.items() if policy in policies])
 
     def data(self, ctx: Context) -> Mask:
         """x86ModelFromCPU(cpu, -1): model features + force/require - disable/forbid."""
-        return apply_policies(ctx.model_mask(self.model) if self.model else 0, self.features.items(), ctx.map.bit)
+        return ctx.map.with_policies(ctx.model_mask(self.model) if self.model else 0, self.features)
 
     def as_dict(self) -> CPUDict:
         cpu: CPUDict = {"mode": self.mode}
@@ -393,8 +522,7 @@ def compare_whole_model(ctx: Context, cpu: GuestCPU) -> None:
 
 
 def _host_model_data(ctx: Context) -> Mask:
-    model, _vendor, features = ctx.host_model
-    return apply_policies(ctx.model_mask(model), features, ctx.map.bit)
+    return ctx.host_model_mask()
 
 
 def _copy_host_model(ctx: Context, cpu: GuestCPU) -> None:
@@ -460,11 +588,13 @@ def translate_model(ctx: Context, cpu: GuestCPU) -> None:
 def filter_for_qemu(ctx: Context, cpu: GuestCPU) -> None:
     """Drop what libvirt never gives QEMU: ignored features, and (before 10.5) disabled features QEMU
     does not know; later versions keep those in the definition and leave them off QEMU's -cpu."""
-    drop_unknown = not ctx.rules.keeps_unknown_disabled_features
-    for name, policy in list(cpu.features.items()):
-        unknown_disabled = policy in DISABLING and ctx.map.bit(name) & ctx.unknown
-        if name in ctx.rules.ignored_features or (unknown_disabled and drop_unknown):
-            del cpu.features[name]
+    drop_unknown = not ctx.rules.keeps_unknown_disabled_features and ctx.unknown
+    ignored = ctx.rules.ignored_features
+    bits = ctx.map.bits
+    dropped = [name for name, policy in cpu.features.items()
+               if name in ignored or (drop_unknown and policy in DISABLING and bits.get(name, 0) & ctx.unknown)]
+    for name in dropped:
+        del cpu.features[name]
 
 
 def _qemu_base(ctx: Context, cpu: GuestCPU) -> Mask:
@@ -570,7 +700,9 @@ def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
     """The features QEMU enables and the ones it reports unavailable, for the -cpu libvirt builds."""
     plus = cpu.with_policy(ctx, *ENABLING)
     minus = cpu.with_policy(ctx, *DISABLING)
-    unknown = [name for name, policy in cpu.features.items() if policy in ENABLING and ctx.map.bit(name) & ctx.unknown]
+    unknown = []
+    if plus & ctx.unknown:
+        unknown = [name for name, policy in cpu.features.items() if policy in ENABLING and ctx.map.bit(name) & ctx.unknown]
     if unknown:
         cpu_type = "%s-%s-cpu" % ({"host-passthrough": "host", "maximum": "max"}.get(cpu.mode, cpu.model), ctx.arch)
         raise GuestWouldNotStart("internal error: qemu unexpectedly closed the monitor: qemu-system-%s: can't apply global "
@@ -597,7 +729,7 @@ def verify_invtsc(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
     invtsc = ctx.map.bit("invtsc")
     if cpu.mode == "custom" and not cpu.model:
         return
-    if cpu.data(ctx) & invtsc and not enabled & invtsc:
+    if not enabled & invtsc and cpu.data(ctx) & invtsc:
         raise GuestWouldNotStart("unsupported configuration: host doesn't support invariant TSC",
                                  missing_features=["invtsc"], fix=_fix(["invtsc"]), hint="remove the invtsc feature")
 
@@ -605,11 +737,12 @@ def verify_invtsc(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
 def update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> None:
     """virCPUx86UpdateLive: reconcile the definition with what QEMU really did."""
     data = cpu.data(ctx)
+    disabled_by_definition = cpu.with_policy(ctx, "disable")
     # Expected "disable": every feature outside the definition's data, or for host-passthrough and
     # maximum only the ones the definition disables.
     known = (1 << len(ctx.map.names)) - 1
     if cpu.mode in PASSTHROUGH_MODES:
-        expected_disabled = cpu.with_policy(ctx, "disable") & ~data
+        expected_disabled = disabled_by_definition & ~data
     else:
         expected_disabled = known & ~data
     added_mask = expected_disabled & enabled & known
@@ -618,7 +751,7 @@ def update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> N
     removed: List[str] = []
     model = ctx.map.models.get(cpu.model) if cpu.model else None
     # added='yes' features the definition does not name: check='full' lets the hypervisor decide
-    ignored = (model.added if model else 0) & ~(data | cpu.with_policy(ctx, "disable"))
+    ignored = (model.added if model else 0) & ~(data | disabled_by_definition)
     full = cpu.check == "full"
     changed = (added_mask | removed_mask) & ~ctx.unchecked
     while changed:
@@ -649,19 +782,58 @@ def update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> N
                                       % ", ".join(removed) if removed else "use check: partial (or none)")
 
 
-def guest_cpu(cpu: Optional[CPUDict], ctx: Context) -> GuestCPU:
+class CPUDefinitions:
+    """CPU dicts predicted on many hosts, validated once and normalised once per virt type and libvirt
+    version (all that ``validate_cpu`` and ``normalize_cpu`` read), instead of once per prediction.
+
+    The CPUs are known by identity and kept (so their ids are not reused): the caller must not
+    change a CPU dict once it passed it, nor the parts of the live CPUs predicted with it that
+    come from it (topology, cache, maxphysaddr).
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._valid: Dict[int, CPUDict] = {}
+        self._normalized: Dict[Tuple[int, Any, Any], Tuple[CPUDict, CPUDict]] = {}
+
+    def validated(self, cpu: CPUDict) -> None:
+        if self._valid.get(id(cpu)) is not cpu:
+            validate_cpu(cpu)
+            self._keep(self._valid, id(cpu), cpu)
+
+    def normalized(self, cpu: CPUDict, virt_type: Any, libvirt_version: Any) -> CPUDict:
+        key = (id(cpu), virt_type, libvirt_version)
+        known = self._normalized.get(key)
+        if known is None or known[0] is not cpu:
+            known = (cpu, normalize_cpu(cpu, virt_type, libvirt_version))
+            self._keep(self._normalized, key, known)
+        return known[1]
+
+    def _keep(self, cache: Dict[Any, Any], key: Any, value: Any) -> None:
+        if len(cache) >= self.size:
+            cache.clear()
+        cache[key] = value
+
+
+def guest_cpu(cpu: Optional[CPUDict], ctx: Context, definitions: Optional[CPUDefinitions] = None) -> GuestCPU:
     """The domain's CPU as libvirt holds it after define (refused as libvirt refuses it).
 
     A host-model ``<model fallback='...'/>`` is not written back to the XML, but the running
     daemon keeps it in the definition it starts the guest from, so it counts here.
     """
-    validate_cpu(cpu or {})
+    if definitions is None:
+        validate_cpu(cpu or {})
+    else:
+        definitions.validated(cpu or {})
     mode = (cpu or {}).get("mode") or "custom"
     if mode not in ctx.rules.modes:
         refusal = "unsupported configuration: Invalid mode attribute '%s'" % mode
         known = "libvirt %s knows the modes %s" % (".".join(map(str, ctx.libvirt_version or ())), ", ".join(ctx.rules.modes))
         raise CPUDefinitionError("%s (%s)" % (refusal, known), refusal)
-    guest = GuestCPU(normalize_cpu(cpu or {}, ctx.virt_type, ctx.libvirt_version))
+    if definitions is None:
+        guest = GuestCPU(normalize_cpu(cpu or {}, ctx.virt_type, ctx.libvirt_version))
+    else:
+        guest = GuestCPU(definitions.normalized(cpu or {}, ctx.virt_type, ctx.libvirt_version))
     given_fallback = ((cpu or {}).get("model") or {}).get("fallback")
     if guest.mode == "host-model" and given_fallback:
         guest.fallback = given_fallback
@@ -742,15 +914,23 @@ def predict_live_cpu(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> CPUDic
     Raises ``GuestWouldNotStart`` when libvirt or QEMU would refuse to start it, ``CPUDefinitionError``
     when libvirt would refuse to define it, ``ExpansionDataError`` when the facts cannot tell.
     """
-    return predict_guest(cpu, entry)[0]
+    return predict_live_guest(cpu, entry)[1].as_dict()
 
 
 def predict_guest(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> Tuple[CPUDict, List[str]]:
     """``predict_live_cpu`` and the features the guest sees (QEMU enabled them), in the CPU map's words."""
+    ctx, live, enabled = predict_live_guest(cpu, entry)
+    return live.as_dict(), ctx.map.names_of(enabled)
+
+
+def predict_live_guest(cpu: Optional[CPUDict], entry: Mapping[str, Any],
+                       definitions: Optional[CPUDefinitions] = None) -> Tuple[Context, GuestCPU, Mask]:
+    """``predict_live_cpu`` before it becomes a dict: the host's Context, the live CPU and the
+    features QEMU enabled. *definitions*: where a CPU predicted on many hosts is defined once."""
     ctx = context_for(entry)
-    guest = prepare_for_qemu(ctx, guest_cpu(cpu, ctx))
+    guest = prepare_for_qemu(ctx, guest_cpu(cpu, ctx, definitions))
     enabled, disabled = qemu_features(ctx, guest)
-    return finish_live(ctx, guest, enabled, disabled).as_dict(), ctx.map.names_of(enabled)
+    return ctx, finish_live(ctx, guest, enabled, disabled), enabled
 
 
 def live_cpu_or_refusal(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> Dict[str, Any]:

@@ -193,7 +193,7 @@ def check_entry(entry: Mapping, what: str = "the host facts", virt_type: Optiona
 
 
 def is_entry(value: Any) -> bool:
-    return isinstance(value, Mapping) and "modes" in value and "domain_type" in value
+    return _is_mapping(value) and "modes" in value and "domain_type" in value
 
 
 def select_entry(facts: Any, virt_type: Optional[str] = None, what: str = "host facts", strict: bool = True) -> Entry:
@@ -324,10 +324,11 @@ def _selected(facts: Any, virt_type: Optional[str], what: str, strict: bool) -> 
     """The entry select_entry picks (not checked yet) and the virt type to name in a check's error."""
     if virt_type is not None and virt_type not in VIRT_TYPES:
         raise FactsShapeError("%s: unknown virt type '%s'; valid virt types are: %s" % (what, virt_type, ", ".join(VIRT_TYPES)))
-    if not isinstance(facts, Mapping):
+    if not _is_mapping(facts):
         raise FactsShapeError("%s must be ansible_facts.hostcpu from hostcpu.libvirt.cpu_facts (or one of its virt_types "
                               "entries), got %s" % (what, type(facts).__name__))
-    if isinstance(facts.get("hostcpu"), Mapping):
+    hostcpu = facts.get("hostcpu")
+    if hostcpu is not None and _is_mapping(hostcpu):
         facts = facts["hostcpu"]
     if is_entry(facts):
         if strict and virt_type is not None and facts.get("domain_type") != virt_type:

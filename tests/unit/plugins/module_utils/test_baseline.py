@@ -607,3 +607,24 @@ def test_libvirt_baseline_testdata(libvirt_map, source, results):
         assert theirs - our_set <= set(non_migratable), (result.name, sorted(theirs - our_set))
     vendors = {cpu.get("vendor") for cpu in cpus}
     assert ours.cpu.get("vendor") == (vendors.pop() if len(vendors) == 1 else None)
+
+
+def test_guests_of_one_cpu_and_machine_share_their_paths_and_each_path_is_found_by_its_index():
+    versions = Path(__file__).resolve().parents[2] / "fixtures" / "versions"
+    records = [HostRecord(v, json.loads((versions / v / "cpu_facts.json").read_text())["virt_types"]["qemu"])
+               for v in ("7.0.0", "9.0.0", "11.3.0", "12.8.0")]
+    guests = [{"name": "a", "cpu": "fleet", "host": "7.0.0"}, {"name": "b", "cpu": "fleet", "host": "12.8.0"},
+              {"name": "c", "cpu": "fleet", "host": "9.0.0", "machine": "pc-q35-5.2"},
+              {"name": "d", "cpu": {"mode": "host-model"}, "host": "9.0.0"}]
+    rows = {g["name"]: g for g in compatibility(records, guests)["guests"]}
+    # judged once for a and b (same CPU and machine), apart for another machine or another CPU
+    assert rows["a"]["paths"] is rows["b"]["paths"] and rows["a"]["source_group"] != rows["b"]["source_group"]
+    assert rows["c"]["paths"] is not rows["a"]["paths"] and rows["d"]["paths"] is not rows["a"]["paths"]
+    assert rows["a"]["paths"] == rows["fleet CPU"]["paths"]
+    for row in rows.values():
+        pairs = [(path["from"], path["to"]) for path in row["paths"]]
+        assert sorted((origin, target) for origin, targets in row["path_index"].items() for target in targets) == sorted(pairs)
+        for origin, targets in row["path_index"].items():
+            for target, index in targets.items():
+                assert (row["paths"][index]["from"], row["paths"][index]["to"]) == (origin, target)
+    assert rows["d"]["path_index"] and set(rows["d"]["path_index"]) == set(rows["d"]["runs_on"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 from typing import Any, Dict, List
 
 import pytest
@@ -21,7 +22,8 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._shape import Fact
 
 @pytest.fixture(autouse=True)
 def empty_caches():
-    for cache in (_baseline._VIEWS, _expansion._CONTEXTS, _cpu_map._CPU_MAPS, _cpu_map._MAPS_OF_DATA, _shape._CHECKED):  # pylint: disable=protected-access
+    for cache in (_baseline._VIEWS, _expansion._CONTEXTS, _cpu_map._CPU_MAPS, _cpu_map._MAPS_OF_DATA, _shape._CHECKED,  # pylint: disable=protected-access
+                  _expansion._SHARED, _baseline._HOST_MODEL_CPUS):  # pylint: disable=protected-access
         cache.clear()
     yield
 
@@ -172,3 +174,58 @@ def test_many_entries_claiming_one_host_with_other_features_each_get_their_own_i
     identities = [identity for _entry, identity in selected]
     assert len(set(identities)) == count
     assert identities == [entry_identity(entry) for entry in entries + entries]
+
+
+def _with_new_fingerprint(entry: Dict[str, Any], label: str) -> Dict[str, Any]:
+    entry["fingerprint"] = "edited-%s" % label
+    entry["expansion"]["fingerprint"] = "edited-%s" % label
+    return entry
+
+
+def test_hosts_share_the_decoded_parts_of_their_facts_only_when_equal():
+    """Model definitions, MSR bits and model lists are decoded once for equal hosts, and never
+    shared by hosts whose parts differ in one value, in the type of a usable= (true is == 1) or
+    in the order of a mapping (the MSR bits a refusal names keep the host's order)."""
+    base = real_facts()["virt_types"]["kvm"]
+    same, unusable, one, reordered = (_with_new_fingerprint(entry, str(index)) for index, entry in enumerate(copies(base, 4)))
+    name = next(model["name"] for model in base["modes"]["custom"]["models"] if model["usable"] is True)
+    next(model for model in unusable["modes"]["custom"]["models"] if model["name"] == name)["usable"] = False
+    next(model for model in one["modes"]["custom"]["models"] if model["name"] == name)["usable"] = 1
+    reordered["expansion"]["msr"] = dict(reversed(list(base["expansion"]["msr"].items())))
+    first, *others = [_expansion.context_for(entry) for entry in (base, same, unusable, one, reordered)]
+    assert len({id(context) for context in [first] + others}) == 5
+    assert others[0].qemu_models is first.qemu_models and others[0].usable is first.usable and others[0].msr is first.msr
+    assert others[1].usable[name] is False and first.usable[name] is True
+    assert others[2].usable[name] == 1 and others[2].usable[name] is not True
+    assert others[3].msr == first.msr and list(others[3].msr) == list(reversed(list(first.msr)))
+
+
+def test_a_host_whose_usable_models_differ_in_one_model_gets_its_own_view():
+    base = real_facts()["virt_types"]["kvm"]
+    first, other = copies(base, 2)
+    name = next(model["name"] for model in base["modes"]["custom"]["models"] if model["usable"] is True)
+    next(model for model in other["modes"]["custom"]["models"] if model["name"] == name)["usable"] = False
+    other["fingerprint"] = "one-model-unusable"
+    views = [host.view for host in _baseline.distinct_hosts([_baseline.HostRecord("a", first), _baseline.HostRecord("b", other)])]
+    assert len(views) == 2
+    assert name in views[0].usable and views[1].usable == views[0].usable - {name}
+
+
+def test_cpu_definitions_predict_as_each_prediction_alone():
+    """A CPU predicted on many hosts is validated and normalised once per virt type and libvirt version."""
+    entries = [facts["virt_types"][virt_type] for facts in facts_by_version().values() for virt_type in ("kvm", "qemu")]
+    cpus = [{"mode": "host-model"}, {"mode": "custom", "model": {"name": "qemu64"}, "check": "full"},
+            {"mode": "custom", "model": {"name": "qemu64"}, "features": [{"name": "nx", "policy": "disable"}]}]
+    definitions = _expansion.CPUDefinitions()
+    for cpu in cpus:
+        for entry in entries:
+            try:
+                expected = _expansion.predict_live_cpu(cpu, entry)
+            except _expansion.GuestWouldNotStart as exc:
+                with pytest.raises(_expansion.GuestWouldNotStart, match=re.escape(str(exc))):
+                    _expansion.predict_live_guest(cpu, entry, definitions)
+                continue
+            assert _expansion.predict_live_guest(cpu, entry, definitions)[1].as_dict() == expected
+    versions = {(entry["domain_type"], entry["libvirt_version"]) for entry in entries}
+    assert len(definitions._valid) == len(cpus)  # pylint: disable=protected-access
+    assert len(definitions._normalized) == len(cpus) * len(versions)  # pylint: disable=protected-access
