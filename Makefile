@@ -4,7 +4,7 @@
 #   make setup        system packages + .venv + libvirtd/virtlogd running, /dev/kvm usable
 #   make test         setup, then every suite, the version matrix last (any failure fails)
 #   make demo         setup, then playbooks/demo.yml against this machine
-#   make bench        setup, then the benchmarks (bench/run.py, ~10 min; not part of make test)
+#   make bench        setup, then the benchmarks (bench/run.py, ~20 min; not part of make test)
 #   make matrix       sanity, unit, ansible-doc and a smoke playbook on each ansible-core 2.17-2.21
 #   make galaxy       release-check (build, galaxy-importer, install, smoke) + ee + docs; part of make test
 

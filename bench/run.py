@@ -12,7 +12,8 @@ Sections (all by default, --sections to choose):
 * facts: cpu_facts against the raw libvirt calls it makes, and probing against reusing the
   expansion data of an unchanged host (cache hit, previous:) (bench/facts.py);
 * live: live_cpu predictions per second (bench/live_cpu_prediction.py);
-* fleet: fleet_baseline over 1000 synthetic hosts and 10,000 of mixed versions (bench/fleet_baseline_1000.py).
+* fleet: fleet_baseline over 1000 synthetic hosts and 10,000 of mixed versions (bench/fleet_baseline_1000.py);
+* role: the fleet role over 50 and 200 inventory hosts, the controller's time per host (bench/fleet_role.py).
 
 Prints medians, ratios and each target with its status, and writes them to
 bench/results/latest.md and latest.json (--output to write elsewhere, --output - for none).
@@ -40,7 +41,7 @@ RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 README_START = "<!-- bench:start (written by bench/run.py --update-readme) -->"
 README_END = "<!-- bench:end -->"
-SECTIONS = ("converge", "facts", "live", "fleet")
+SECTIONS = ("converge", "facts", "live", "fleet", "role")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -58,6 +59,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--facts-repeat", type=int, default=3, help="rounds of cpu_facts and its raw calls (default 3)")
     parser.add_argument("--live-repeat", type=int, default=20, help="rounds over the live_cpu matrix (default 20)")
     parser.add_argument("--fleet-repeat", type=int, default=3, help="cold+warm rounds of fleet_baseline (default 3)")
+    parser.add_argument("--role-hosts", default="50,200", help="inventory sizes of the fleet role bench (default 50,200)")
     parser.add_argument("--quick", action="store_true", help="N=10 only, one repetition of everything: checks the bench works")
     parser.add_argument("--output", default=str(RESULTS), help="directory for latest.md/latest.json; '-' writes nothing")
     parser.add_argument("--update-readme", action="store_true", help="also write the summary into README.md's Performance section")
@@ -68,12 +70,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.slow_repeat, args.slow_first_max = "10:3,50:2,200:1,1000:1", 1 << 30
     if args.quick:
         args.sizes, args.repeat, args.slow_repeat = "10", 1, "10:1"
-        args.facts_repeat, args.live_repeat, args.fleet_repeat = 1, 3, 1
+        args.facts_repeat, args.live_repeat, args.fleet_repeat, args.role_hosts = 1, 3, 1, "10,20"
     args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = [name for name in args.sections if name not in SECTIONS]
     if unknown:
         parser.error("unknown section(s) %s; choose from %s" % (", ".join(unknown), ", ".join(SECTIONS)))
     args.sizes = sorted(int(size) for size in args.sizes.split(","))
+    args.role_hosts = sorted(int(size) for size in args.role_hosts.split(","))
     args.slow_repeat = {int(key): int(value) for key, value in (item.split(":") for item in args.slow_repeat.split(","))}
     return args
 
@@ -122,6 +125,11 @@ def run_sections(args: argparse.Namespace, conn, load: LoadSampler, results: Dic
         log("fleet_baseline: %d rounds" % args.fleet_repeat)
         load.mark()
         results["fleet_baseline"] = run_fleet(args.fleet_repeat)
+    if "role" in args.sections:
+        import fleet_role  # pylint: disable=import-outside-toplevel
+        log("fleet role: %s inventory hosts" % ", ".join(map(str, args.role_hosts)))
+        load.mark()
+        results["fleet_role"] = fleet_role.measure(args.role_hosts)
         load.mark()
 
 
@@ -152,6 +160,7 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     live = results.get("live_cpu") or {}
     fleet = results.get("fleet_baseline") or {}
     reuse = (results.get("facts") or {}).get("reuse") or {}
+    role_growth = (results.get("fleet_role") or {}).get("growth") or {}
     rows: List[Tuple[str, Optional[float], str, float, str]] = [
         ("(a) no-op rerun of 50 domains vs the bare task", entry_value(50, "a_rerun_vs_floor"), "<=", 2, "x"),
         ("(a) no-op rerun of 200 domains vs the bare task", entry_value(200, "a_rerun_vs_floor"), "<=", 3, "x"),
@@ -173,6 +182,7 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         ("fleet_baseline, 1000 hosts of 20 kinds, cold", _ms(fleet.get("kinds", {}).get("cold")), "<", 100, "ms"),
         ("fleet_baseline, 1000 hosts all different, cold", _ms(fleet.get("distinct", {}).get("cold")), "<", 100, "ms"),
         ("fleet_baseline, 10000 hosts of 50 kinds, 4 libvirt versions, cold", _ms(fleet.get("mixed", {}).get("cold")), "<", 300, "ms"),
+        ("fleet role, time per host at the largest inventory over the smallest", role_growth.get("wall"), "<=", 1.25, "x"),
     ]
     checks: Dict[str, Callable[[float, float], bool]] = {
         "<=": lambda v, limit: v <= limit, ">=": lambda v, limit: v >= limit,
@@ -336,6 +346,25 @@ def fleet_lines(fleet: Dict[str, Any]) -> List[str]:
     return lines + [""]
 
 
+def role_lines(role: Dict[str, Any]) -> List[str]:
+    lines = ["### The fleet role over many inventory hosts", "",
+             "Each host's facts come from Ansible's jsonfile fact cache (variants of the four testbed hosts, %d kinds, one guest "
+             "each; `hostcpu_fleet_probe: false`), forks %d, connection local: the controller does all the work. Time per host of "
+             "each phase of the role (probe: the facts checked and the host's record; plan: fleet_compatibility over all hosts; "
+             "report: the Markdown and HTML report), of the whole run, and the controller's CPU time per host "
+             "(ansible-playbook and its workers)." % (role["kinds"], role["forks"]), "",
+             "| hosts | run | probe | plan | report | whole run | controller CPU |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for entry in role["sizes"]:
+        per_host = entry["per_host_ms"]
+        lines.append("| %d | %s | %.1f ms | %.1f ms | %.1f ms | %.1f ms | %.1f ms |" % (
+            entry["hosts"], seconds_text(entry["wall"]), per_host["probe"], per_host["plan"], per_host["report"], per_host["wall"],
+            per_host["cpu"]))
+    sizes = role["sizes"]
+    lines += ["", "Growth of the time per host from %d to %d hosts (1.00x: linear): %s." % (
+        sizes[0]["hosts"], sizes[-1]["hosts"], ", ".join("%s %.2fx" % item for item in role["growth"].items()))]
+    return lines + [""]
+
+
 def render(results: Dict[str, Any]) -> str:
     load = results["load"]
     lines = ["# hostcpu.libvirt benchmarks", "",
@@ -356,6 +385,8 @@ def render(results: Dict[str, Any]) -> str:
         lines += live_lines(results["live_cpu"])
     if "fleet_baseline" in results:
         lines += fleet_lines(results["fleet_baseline"])
+    if "fleet_role" in results:
+        lines += role_lines(results["fleet_role"])
     return "\n".join(lines).rstrip() + "\n"
 
 
