@@ -11,7 +11,7 @@ exactly when libvirt would store the same definition.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import rules_for
@@ -383,12 +383,15 @@ def validate_cpu(cpu: CPUDict) -> CPUDict:
 
 
 def copied(value: Any) -> Any:
-    """A deep copy of JSON-like data (dicts, lists and scalars, as CPU dicts are), without copy.deepcopy's
-    bookkeeping: a domain_cpu task copies a few CPU dicts per domain, thousands of domains per task."""
-    if isinstance(value, dict):
+    """A deep copy of JSON-like data (mappings, lists, tuples and scalars, as CPU dicts and facts are) that
+    compares equal to it, without copy.deepcopy's bookkeeping: a domain_cpu task copies a few CPU dicts
+    per domain, thousands of domains per task. Mappings become dicts."""
+    if type(value) is dict or isinstance(value, Mapping):  # pylint: disable=unidiomatic-typecheck
         return {key: copied(item) for key, item in value.items()}
     if isinstance(value, list):
         return [copied(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(copied(item) for item in value)
     return value
 
 

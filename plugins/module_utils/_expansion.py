@@ -57,6 +57,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import (
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     CPUDefinitionError,
     CPUDict,
+    copied,
     normalize_cpu,
     ordered,
     validate_cpu,
@@ -131,7 +132,7 @@ class _SharedDecodings:
                 return decoded
         decoded = decode(raw)
         if len(known) < self.candidates:
-            known.append((_plain_copy(raw), list(raw) if isinstance(raw, Mapping) else None, decoded))
+            known.append((copied(raw), list(raw) if isinstance(raw, Mapping) else None, decoded))
         return decoded
 
     def get_models(self, key: Tuple[Any, ...], models: Any, decode: Callable[[Any], Any]) -> Any:
@@ -145,17 +146,6 @@ class _SharedDecodings:
 
     def clear(self) -> None:
         self._known.clear()
-
-
-def _plain_copy(value: Any) -> Any:
-    """A copy of JSON-like *value* that compares equal to it (tuples stay tuples)."""
-    if isinstance(value, Mapping):
-        return {key: _plain_copy(item) for key, item in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_plain_copy(item) for item in value)
-    if isinstance(value, list):
-        return [_plain_copy(item) for item in value]
-    return value
 
 
 _USABLE_OF = methodcaller("get", "usable")
