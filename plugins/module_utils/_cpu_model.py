@@ -386,13 +386,20 @@ def copied(value: Any) -> Any:
     """A deep copy of JSON-like data (mappings, lists, tuples and scalars, as CPU dicts and facts are) that
     compares equal to it, without copy.deepcopy's bookkeeping: a domain_cpu task copies a few CPU dicts
     per domain, thousands of domains per task. Mappings become dicts."""
-    if type(value) is dict or isinstance(value, Mapping):  # pylint: disable=unidiomatic-typecheck
+    kind = type(value)
+    if kind in _IMMUTABLE_JSON_TYPES:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return {key: copied(item) for key, item in value.items()}
     if isinstance(value, list):
         return [copied(item) for item in value]
     if isinstance(value, tuple):
         return tuple(copied(item) for item in value)
     return value
+
+
+# The scalars of JSON, tested by exact type before the (slow) ABC test of Mapping.
+_IMMUTABLE_JSON_TYPES = frozenset((str, int, bool, float, type(None)))
 
 
 def ordered(cpu: CPUDict) -> CPUDict:

@@ -12,7 +12,7 @@ forms; ``cpu_diff`` and ``outside_cpu_differences`` give the before/after views 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
     CPUDict,
@@ -100,21 +100,39 @@ def parse_domain(text: str):
     return root
 
 
+_INFO_CHILDREN = frozenset(("name", "uuid", "os", "devices", "vcpu"))
+
+
+def _first_children(root, tags: FrozenSet[str]) -> Dict[str, Any]:
+    """tag -> the root's first child of that tag, for each of *tags* it has (``root.find(tag)``, one pass)."""
+    found: Dict[str, Any] = {}
+    for child in root:
+        if child.tag in tags and child.tag not in found:
+            found[child.tag] = child
+    return found
+
+
+def _stripped_text(element) -> Optional[str]:
+    return None if element is None else (element.text or "").strip() or None
+
+
 def _info_of(root) -> DomainInfo:
-    type_el = root.find("os/type")
+    children = _first_children(root, _INFO_CHILDREN)
+    os_el, devices = children.get("os"), children.get("devices")
+    type_el = None if os_el is None else os_el.find("type")
     return DomainInfo(
-        name=(root.findtext("name") or "").strip() or None,
-        uuid=(root.findtext("uuid") or "").strip() or None,
+        name=_stripped_text(children.get("name")),
+        uuid=_stripped_text(children.get("uuid")),
         virt_type=root.get("type") or "kvm",
         arch=None if type_el is None else type_el.get("arch"),
         machine=None if type_el is None else type_el.get("machine"),
-        emulator=(root.findtext("devices/emulator") or "").strip() or None,
-        max_vcpus=_max_vcpus(root),
+        emulator=None if devices is None else _stripped_text(devices.find("emulator")),
+        max_vcpus=_max_vcpus(children.get("vcpu")),
     )
 
 
-def _max_vcpus(root) -> Optional[int]:
-    text = (root.findtext("vcpu") or "").strip()
+def _max_vcpus(vcpu) -> Optional[int]:
+    text = _stripped_text(vcpu) or ""
     return int(text) if text.isdigit() else None
 
 

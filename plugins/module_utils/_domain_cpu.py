@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import (
     LibvirtCallError,
@@ -165,20 +165,22 @@ def listed_domains(conn, names: List[str]) -> Dict[str, Any]:
     return {domain.name(): domain for domain in call("listing the domains", conn.listAllDomains, 0)}
 
 
-def read_side_by_side(listed: Dict[str, Any], names: List[str]) -> Dict[str, str]:
-    """name -> persistent definition of each of *names* that *listed* holds, read by READ_THREADS threads
-    (libvirtd answers several calls of one connection at once). A definition whose read fails is left
-    out: read_job reads it again and reports why."""
+Definition = Union[str, CPUError]
+
+
+def read_side_by_side(listed: Dict[str, Any], names: List[str]) -> Dict[str, Definition]:
+    """name -> persistent definition of each of *names* that *listed* holds, or the error of its read
+    (read_job raises it), read by READ_THREADS threads (libvirtd answers several calls of one connection at once)."""
     from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
 
-    def read(name: str) -> Tuple[str, Optional[str]]:
+    def read(name: str) -> Tuple[str, Definition]:
         try:
             return name, inactive_xml(listed[name])
-        except CPUError:
-            return name, None
+        except CPUError as exc:
+            return name, exc
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        return {name: text for name, text in pool.map(read, [name for name in names if name in listed]) if text is not None}
+        return dict(pool.map(read, [name for name in names if name in listed]))
 
 
 def is_running(domain) -> bool:
@@ -189,8 +191,9 @@ def is_running(domain) -> bool:
 
 def read_job(conn, name: str, uri: str, wanted: Dict[str, Any], params: Dict[str, Any],
              features_mode: str, version: Tuple[int, int, int], defaults: "DefaultModels | LazyDefaultModels", domain: Any = None,
-             definition: Optional[str] = None) -> CPUJob:
-    """One domain read and planned (*domain*, *definition*: found and read already, else looked up and read here)."""
+             definition: Optional[Definition] = None) -> CPUJob:
+    """One domain read and planned (*domain*, *definition*: found and read already, or the error of that read;
+    else looked up and read here)."""
     domain = domain or lookup(conn, name, uri)
     active = is_running(domain)
     # Only a running domain can be transient (libvirt forgets a transient one when it stops):
@@ -198,6 +201,8 @@ def read_job(conn, name: str, uri: str, wanted: Dict[str, Any], params: Dict[str
     if active and not call("reading '%s'" % name, domain.isPersistent):
         raise CPUError("domain '%s' is transient (it has no persistent definition); domain_cpu changes persistent "
                        "definitions: define it first (virsh dumpxml %s > %s.xml; virsh define %s.xml)" % (name, name, name, name))
+    if isinstance(definition, CPUError):
+        raise definition
     text = definition or inactive_xml(domain)
     info, current = read_domain(text)
     default_model = defaults.model(info, text) if needs_default_model(current, wanted, params["state"]) else DEFAULT_X86_MODEL

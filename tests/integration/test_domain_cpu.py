@@ -348,6 +348,39 @@ def test_a_long_list_is_listed_once_and_read_side_by_side_with_the_same_answers(
     assert all(stored_cpu(dom)["mode"] == "maximum" for dom in doms)
 
 
+class CountingDomain:
+    """A libvirt domain that counts its XMLDesc calls (libvirt's own object does everything)."""
+
+    def __init__(self, domain) -> None:
+        self.domain = domain
+        self.reads = 0
+
+    def XMLDesc(self, flags: int) -> str:  # pylint: disable=invalid-name
+        self.reads += 1
+        return self.domain.XMLDesc(flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.domain, name)
+
+
+def test_a_listed_definition_that_cannot_be_read_is_refused_with_the_error_of_its_one_read(conn, domains):
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._domain_cpu import (  # pylint: disable=import-outside-toplevel
+        read_job, read_side_by_side)
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError  # pylint: disable=import-outside-toplevel
+    dom = CountingDomain(domains.define("vanished", "qemu", "<cpu mode='host-model'/>"))
+    listed = {dom.name(): dom}
+    # undefined by someone else between the listing and the read
+    dom.undefine()
+    definitions = read_side_by_side(listed, [dom.name()])
+    failed_read = definitions[dom.name()]
+    assert isinstance(failed_read, CPUError) and "reading the persistent definition of '%s'" % dom.name() in str(failed_read)
+    with pytest.raises(CPUError) as raised:
+        read_job(conn, dom.name(), "qemu:///system", {"mode": "maximum"}, {"state": "present"}, "merge", (9, 0, 0), None,
+                 dom, failed_read)
+    assert raised.value is failed_read
+    assert dom.reads == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # check mode and diff
 
