@@ -56,9 +56,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="largest N at which the first runs of (b), (c), (d) are measured; above it only their no-op "
                              "reruns (default 50: their first runs over 200 domains would take another ~5 minutes)")
     parser.add_argument("--full", action="store_true", help="also the first runs of (b), (c), (d) at every N, and 2 repetitions at N=50")
-    parser.add_argument("--facts-repeat", type=int, default=3, help="rounds of cpu_facts and its raw calls (default 3)")
+    parser.add_argument("--facts-repeat", type=int, default=5, help="rounds of cpu_facts and its raw calls (default 5)")
     parser.add_argument("--live-repeat", type=int, default=20, help="rounds over the live_cpu matrix (default 20)")
-    parser.add_argument("--fleet-repeat", type=int, default=3, help="cold+warm rounds of fleet_baseline (default 3)")
+    parser.add_argument("--fleet-repeat", type=int, default=5, help="cold+warm rounds of fleet_baseline (default 5)")
     parser.add_argument("--role-hosts", default="50,200", help="inventory sizes of the fleet role bench (default 50,200)")
     parser.add_argument("--quick", action="store_true", help="N=10 only, one repetition of everything: checks the bench works")
     parser.add_argument("--output", default=str(RESULTS), help="directory for latest.md/latest.json; '-' writes nothing")

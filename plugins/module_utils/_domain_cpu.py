@@ -74,6 +74,8 @@ class CPUJob(NamedTuple):
     plan: CPUPlan
     state: str
     live_xml: Optional[str]
+    # the definition with the planned CPU (validated on a throwaway copy, then written); None when unchanged
+    new_xml: Optional[str] = None
 
 
 class RestartError(CPUError):
@@ -209,7 +211,8 @@ def read_job(conn, name: str, uri: str, wanted: Dict[str, Any], params: Dict[str
     plan = plan_cpu(current, wanted, params["state"], features_mode, info.virt_type, version, default_model)
     live = call("reading the live XML of '%s'" % name, domain.XMLDesc, 0) if active else None
     # An inactive domain is shut off (libvirt sets SHUTOFF when it stops one): one round trip less per domain.
-    return CPUJob(name, domain, text, info, plan, state_name(domain) if active else "shutoff", live)
+    return CPUJob(name, domain, text, info, plan, state_name(domain) if active else "shutoff", live,
+                  apply_plan(text, plan) if plan.changed else None)
 
 
 class LazyDefaultModels:
@@ -356,7 +359,7 @@ def validate_jobs(checks: HostChecks, jobs: List[CPUJob], version: Tuple[int, in
             continue
         found = checks.validate(job, version) if job.plan.desired is not None else Findings([], [])
         if not found.errors:
-            refusal = libvirt_refusal(checks.conn, apply_plan(job.inactive_xml, job.plan))
+            refusal = libvirt_refusal(checks.conn, job.new_xml)
             if refusal is not None:
                 found = Findings(["libvirt refuses the new definition (tried on a throwaway copy; nothing written): %s"
                                   % refusal], found.warnings)
@@ -383,7 +386,7 @@ def write_job(conn, job: CPUJob, watch: Optional[DefinitionWatch] = None) -> Tup
     between that read and the write; a change someone else makes in that window (while libvirtd
     parses the new definition) is reported through *watch*.
     """
-    new_xml = apply_plan(job.inactive_xml, job.plan)
+    new_xml = job.new_xml
     uuid = job.info.uuid or job.domain.UUIDString()
     since = watch.mark(uuid) if watch is not None else 0
     current = inactive_xml(job.domain)

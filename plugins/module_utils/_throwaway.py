@@ -18,7 +18,6 @@ removed at once:
 
 from __future__ import annotations
 
-import copy
 import secrets
 import uuid
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -33,31 +32,34 @@ THROWAWAY_PREFIX = "hostcpu-throwaway-"
 KEPT_CPU_CHILDREN = ("topology", "numa")
 
 
-def renamed_copy(domain_xml: str, name: str) -> str:
+def renamed_copy(domain_xml: str, name: str, edit: Callable[[Any], None] = lambda _root: None) -> str:
     """*domain_xml* as a new domain *name* with a new UUID, also where the definition repeats the
-    old one (an SMBIOS <sysinfo> entry must equal the domain's UUID)."""
-    root = copy.deepcopy(parse_domain(domain_xml))
+    old one (an SMBIOS <sysinfo> entry must equal the domain's UUID); *edit* changes the parsed root first."""
+    root = parse_domain(domain_xml)
     name_el = root.find("name")
     if name_el is None:
         name_el = root.makeelement("name", {})
         root.insert(0, name_el)
     name_el.text = name
+    edit(root)
     old_uuid = (root.findtext("uuid") or "").strip()
     text = element_to_string(root)
     return text.replace(old_uuid, str(uuid.uuid4())) if old_uuid else text
 
 
-def throwaway_copy(domain_xml: str, name: str) -> str:
-    """renamed_copy whose <cpu> names no model: only its topology and NUMA cells stay, which other
-    elements (memory nodes, numatune) may refer to."""
-    root = parse_domain(renamed_copy(domain_xml, name))
+def _without_cpu_model(root: Any) -> None:
+    """Only the topology and NUMA cells of <cpu> stay, which other elements (memory nodes, numatune) may refer to."""
     cpu = root.find("cpu")
     if cpu is not None:
         cpu.attrib.clear()
         for child in list(cpu):
             if not isinstance(child.tag, str) or child.tag not in KEPT_CPU_CHILDREN:
                 cpu.remove(child)
-    return element_to_string(root)
+
+
+def throwaway_copy(domain_xml: str, name: str) -> str:
+    """renamed_copy whose <cpu> names no model (``_without_cpu_model``)."""
+    return renamed_copy(domain_xml, name, _without_cpu_model)
 
 
 def throwaway_name() -> str:
