@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional
 
@@ -22,12 +20,13 @@ except ImportError as _exc:
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import (
+    OPEN_TIMEOUT_SECONDS,
+    open_within,
+    resolve_uri,
+)
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import HAS_LXML, LXML_IMPORT_ERROR
 
-DEFAULT_URI = "qemu:///system"
-# How long opening a connection may take; libvirt's own keepalive gives up on a silent peer
-# after about 30 seconds (5 s interval, 5 probes) once a connection is open.
-OPEN_TIMEOUT_SECONDS = 30
 # The oldest Python the modules run on (managed hosts); older ones get a message, not a traceback.
 MIN_PYTHON = (3, 9)
 
@@ -53,11 +52,6 @@ def connection_lost_message(exc: Exception) -> str:
 
 def connection_argument_spec() -> Dict[str, Any]:
     return {"uri": {"type": "str"}}
-
-
-def resolve_uri(uri: Optional[str]) -> str:
-    """The uri option, else LIBVIRT_DEFAULT_URI, else qemu:///system."""
-    return uri or os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
 
 
 def python_too_old(version: Any = None) -> Optional[str]:
@@ -105,33 +99,15 @@ def call(what: str, function: Callable[..., Any], *args: Any) -> Any:
 
 
 def _open_within(opener: Callable[[str], Any], target: str, seconds: float) -> Any:
-    """opener(target), or LibvirtCallError when it has not answered after *seconds*.
-
-    libvirt's remote driver waits for the daemon's first answer without a time limit (its
-    keepalive only starts once the connection is open), so a daemon that accepts the connection
-    and never answers (frozen, or not libvirt at all) would hang the task forever. The open runs
-    in a daemon thread; one that never returns is left behind when the module exits.
-    """
-    outcome: Dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["conn"] = opener(target)
-        except libvirt.libvirtError as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run, name="libvirt-open", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
+    """_facts_key.open_within, a libvirt that does not answer in time as LibvirtCallError."""
+    try:
+        return open_within(opener, target, seconds)
+    except TimeoutError:
         raise LibvirtCallError(
             "libvirt at '%s' did not answer within %d seconds: something accepts the connection but does not answer "
             "like libvirtd (a frozen or overloaded daemon, or another service). Check that libvirtd runs and answers "
             "('virsh -c %s version') and that the uri is right (option 'uri' or LIBVIRT_DEFAULT_URI)"
-            % (target, seconds, target))
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("conn")
+            % (target, seconds, target)) from None
 
 
 def open_connection(uri: Optional[str], readonly: bool = False):

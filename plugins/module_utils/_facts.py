@@ -35,14 +35,13 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     ordered,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import VIRT_TYPES
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 
 Entry = Dict[str, Any]
 XMLText = Union[str, bytes]
 
-# Domain types of libvirt's QEMU driver; kvm needs /dev/kvm, qemu is TCG (always there).
-VIRT_TYPES = ("kvm", "qemu")
 # The format of the expansion data (virt_types.<vt>.expansion, built by _expansion_data).
 EXPANSION_DATA_FORMAT = 1
 # domcapabilities' <cpu> modes, in the order libvirt prints them.

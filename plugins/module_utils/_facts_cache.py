@@ -15,30 +15,36 @@ reused instead of measured again.
 * ``compact_inputs`` / ``inputs_fingerprint`` (pure) -> ``expansion.inputs_detail`` / ``expansion.inputs``;
 * ``decide`` (pure) -> which source wins for one virt type;
 * ``read_cache`` / ``write_cache`` -> the cache file (never a failure: problems are warnings);
-* ``ExpansionReuse`` -> what cpu_facts uses: lookups during the probe, the cache write after it.
+* ``ExpansionReuse`` -> what cpu_facts uses: lookups during the probe, the cache write after it
+  (with the whole facts of a reusable run, see ``_facts_key``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import EXPANSION_DATA_FORMAT, expansion_data_fingerprint
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import (
+    CACHE_FORMAT,
+    CPU_MAP_DIR,
+    cache_key,
+    cached_facts,
+    canonical,
+    cpu_map_identity,
+    file_identity,
+    is_local_uri,
+    kernel_identity,
+    previous_expansions,
+    read_cache_file,
+    sha256_text,
+)
 
 # Bump whenever the probe's logic (_probe_qemu, _expansion_data, the CPU map reading) changes what it
 # measures or how, so that data measured by the older logic is measured again.
 PROBE_VERSION = 1
-CACHE_FORMAT = 1
-DEFAULT_CACHE_PATH = "/var/cache/hostcpu-libvirt/cpu_facts.json"
-# _cpu_map.CPU_MAP_DIR (a unit test holds them equal), not imported: an unchanged host's run then
-# does not load the CPU map code, which only measuring needs.
-CPU_MAP_DIR = "/usr/share/libvirt/cpu_map"
-# A cache file larger than this is not read (it holds a few entries of ~20-120 kB each).
-MAX_CACHE_BYTES = 32 * 1024 * 1024
 # URIs kept in the cache, the most recently written ones (a URI naming a socket in a temporary
 # directory is new on every run of its daemon; its entries must not pile up).
 MAX_CACHE_URIS = 16
@@ -55,43 +61,6 @@ FIX = "set cache_path to a writable file or cache: false"
 
 # ---------------------------------------------------------------------------------------------
 # the inputs and their fingerprint
-
-
-def is_local_uri(uri: Optional[str]) -> bool:
-    """A libvirt URI without a host part (``qemu:///system``): the daemon runs where the module runs."""
-    try:
-        return not urlsplit(uri or "").netloc
-    except ValueError:
-        return False
-
-
-def file_identity(path: Optional[str]) -> Optional[Dict[str, Any]]:
-    """``{path, size, mtime_ns, inode}`` of *path*, or ``{path, error}`` when it cannot be read."""
-    if not path:
-        return None
-    try:
-        found = os.stat(path)
-    except OSError as exc:
-        return {"path": path, "error": exc.strerror or str(exc)}
-    return {"path": path, "size": found.st_size, "mtime_ns": found.st_mtime_ns, "inode": found.st_ino}
-
-
-def cpu_map_identity(directory: str = CPU_MAP_DIR) -> Any:
-    """``[[name, size, mtime_ns, inode], ...]`` of every file of libvirt's CPU map, or ``{error}``."""
-    try:
-        names = sorted(os.listdir(directory))
-        identity = []
-        for name in names:
-            found = os.stat(os.path.join(directory, name))
-            identity.append([name, found.st_size, found.st_mtime_ns, found.st_ino])
-        return identity
-    except OSError as exc:
-        return {"directory": directory, "error": exc.strerror or str(exc)}
-
-
-def kernel_identity() -> Dict[str, str]:
-    uname = os.uname()
-    return {"release": uname.release, "version": uname.version}
 
 
 def host_cpu_inputs(host: Mapping[str, Any]) -> Dict[str, Any]:
@@ -127,14 +96,6 @@ def collect_inputs(uri: Optional[str], versions: Mapping[str, Any], host: Mappin
     } for virt_type, xml in domcaps.items()}
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def compact_inputs(inputs: Mapping[str, Any]) -> Dict[str, Any]:
     """*inputs* with the bulky ones (host CPU, domain capabilities XML, CPU map) as their sha256:
     ``expansion.inputs_detail``, about 600 bytes, enough to tell which input changed."""
@@ -142,13 +103,13 @@ def compact_inputs(inputs: Mapping[str, Any]) -> Dict[str, Any]:
     for key in ("host_cpu", "domcapabilities", "cpu_map"):
         if key in compact:
             value = compact[key]
-            compact[key] = _sha256(value if isinstance(value, str) else _canonical(value))
+            compact[key] = sha256_text(value if isinstance(value, str) else canonical(value))
     return compact
 
 
 def inputs_fingerprint(inputs: Mapping[str, Any]) -> str:
     """sha256 (hex) over every input of one virt type's expansion data; pure."""
-    return _sha256(_canonical(compact_inputs(inputs)))
+    return sha256_text(canonical(compact_inputs(inputs)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,70 +154,41 @@ def decide(virt_type: str, fingerprint: str, previous: Any = None, cached: Any =
     return None, "probed", warnings
 
 
-def previous_expansions(previous: Any) -> Dict[str, Any]:
-    """Per virt type, the expansion data of *previous* (``ansible_facts.hostcpu``, or ``ansible_facts``
-    holding it); anything else gives nothing."""
-    if not isinstance(previous, Mapping):
-        return {}
-    if "virt_types" not in previous and isinstance(previous.get("hostcpu"), Mapping):
-        previous = previous["hostcpu"]
-    virt_types = previous.get("virt_types")
-    if not isinstance(virt_types, Mapping):
-        return {}
-    return {str(virt_type): entry.get("expansion") for virt_type, entry in virt_types.items() if isinstance(entry, Mapping)}
-
-
 # ---------------------------------------------------------------------------------------------
-# the cache file: {"format": 1, "entries": {uri: {virt type: expansion data}}}
-
-
-def cache_key(uri: Optional[str]) -> str:
-    """The cache entries' key of a connection: the uri option as given; none or empty (the default) is ``""``."""
-    return uri or ""
+# the cache file: {"format": 1, "entries": {uri: {virt type: expansion data}}, "facts": {uri: whole facts}}
+# (_facts_key reads it; "facts" is what cpu_facts_cached returns on a hit)
 
 
 def read_cache(path: str) -> Tuple[Dict[str, Any], List[str]]:
     """``({uri: {virt type: data}}, warnings)``; a missing file is empty, a damaged one is ignored with a warning."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_CACHE_BYTES + 1)
-    except FileNotFoundError:
-        return {}, []
-    except OSError as exc:
-        return {}, ["the cpu_facts cache %s cannot be read (%s); it is ignored" % (path, exc.strerror or exc)]
-    problem = None
-    content: Any = None
-    if len(raw) > MAX_CACHE_BYTES:
-        problem = "it is larger than %d MiB" % (MAX_CACHE_BYTES >> 20)
-    else:
-        try:
-            content = json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            problem = "it is not JSON (%s)" % exc
-    if problem is None and not (isinstance(content, dict) and content.get("format") == CACHE_FORMAT
-                                and isinstance(content.get("entries"), dict)
-                                and all(isinstance(entries, dict) for entries in content["entries"].values())):
-        problem = "it is not a cache of format %d" % CACHE_FORMAT
-    if problem is not None:
-        return {}, ["the cpu_facts cache %s is ignored: %s; it is written again" % (path, problem)]
-    return content["entries"], []
+    content, warnings = read_cache_file(path)
+    return content["entries"], warnings
 
 
-def write_cache(path: str, uri: Optional[str], updates: Mapping[str, Mapping[str, Any]]) -> List[str]:
-    """Store *updates* (virt type -> data) under *uri*, keeping the other entries of the MAX_CACHE_URIS
-    most recently written URIs; atomic (a temporary file in the same directory, then os.replace), mode
-    0600, the directory created 0700 when missing. Returns warnings (nothing here fails the module)."""
-    if not updates:
+def write_cache(path: str, uri: Optional[str], updates: Mapping[str, Mapping[str, Any]],
+                whole: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """Store *updates* (virt type -> data) and *whole* (``_facts_key.stored_facts``, the whole facts) under
+    *uri*, keeping the other entries of the MAX_CACHE_URIS most recently written URIs; atomic (a temporary
+    file in the same directory, then os.replace), mode 0600, the directory created 0700 when missing.
+    Updated expansion data without *whole* drops the URI's whole facts (they were built from the old data).
+    Returns warnings (nothing here fails the module)."""
+    if not updates and whole is None:
         return []
     directory = os.path.dirname(os.path.abspath(path))
-    entries, _ignored = read_cache(path)  # again: another run may have written since
+    content, _ignored = read_cache_file(path)  # again: another run may have written since
+    entries, facts = content["entries"], content["facts"]
     key = cache_key(uri)
     own = entries.pop(key, {})
     own.update(updates)
     entries[key] = own  # the most recently written URI comes last
     for old in list(entries)[:-MAX_CACHE_URIS]:
         del entries[old]
-    text = json.dumps({"format": CACHE_FORMAT, "entries": entries}, separators=(",", ":"))
+    if whole is not None:
+        facts[key] = whole
+    elif updates:
+        facts.pop(key, None)
+    facts = {uri_key: entry for uri_key, entry in facts.items() if uri_key in entries}
+    text = json.dumps({"format": CACHE_FORMAT, "entries": entries, "facts": facts}, separators=(",", ":"))
     temporary = None
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -294,17 +226,20 @@ class ExpansionReuse:
         self.cache_path = cache_path
         self.sources: Dict[str, str] = {}
         self.warnings: List[str] = []
-        self._cached: Optional[Dict[str, Any]] = None
+        self._content: Optional[Dict[str, Any]] = None
+
+    def content(self) -> Dict[str, Any]:
+        """The cache file's content (``_facts_key.read_cache_file``), read once, on first need."""
+        if self._content is None:
+            self._content = {"entries": {}, "facts": {}}
+            if self.cache_path:
+                self._content, warnings = read_cache_file(self.cache_path)
+                self.warnings += warnings
+        return self._content
 
     def cached(self) -> Dict[str, Any]:
-        """This URI's cache entries (the file is read once, on first need)."""
-        if self._cached is None:
-            entries: Dict[str, Any] = {}
-            if self.cache_path:
-                entries, warnings = read_cache(self.cache_path)
-                self.warnings += warnings
-            self._cached = entries.get(cache_key(self.uri)) or {}
-        return self._cached
+        """This URI's cache entries."""
+        return self.content()["entries"].get(cache_key(self.uri)) or {}
 
     def lookup(self, virt_type: str, fingerprint: str) -> Optional[Dict[str, Any]]:
         data, source, warnings = decide(virt_type, fingerprint, previous=self.previous.get(virt_type))
@@ -327,9 +262,17 @@ class ExpansionReuse:
                 result[virt_type] = data
         return result
 
-    def store(self, expansion_data: Optional[Mapping[str, Any]]) -> bool:
-        """Write what the cache lacks; True when the file was written."""
+    def whole_update(self, whole: Optional[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
+        """*whole* (``_facts_key.stored_facts``) unless the cache holds these facts already, intact."""
+        if not self.cache_path or whole is None:
+            return None
+        stored, _why = cached_facts(self.content(), self.uri, whole["key"])
+        return None if stored is not None and stored["reuse"]["content"] == whole["content"] else whole
+
+    def store(self, expansion_data: Optional[Mapping[str, Any]], whole: Optional[Mapping[str, Any]] = None) -> bool:
+        """Write what the cache lacks (expansion data, and *whole*, the whole facts); True when the file was written."""
         updates = self.updates(expansion_data)
-        warnings = write_cache(self.cache_path, self.uri, updates) if updates else []
+        whole = whole if updates and self.cache_path else self.whole_update(whole)
+        warnings = write_cache(self.cache_path, self.uri, updates, whole) if updates or whole is not None else []
         self.warnings += warnings
-        return bool(updates) and not warnings
+        return (bool(updates) or whole is not None) and not warnings

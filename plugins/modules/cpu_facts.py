@@ -79,6 +79,9 @@ options:
       - Facts of another host never match unless that host has the very same libvirt, QEMU, host CPU, microcode,
         kernel, QEMU binary and CPU map, in which case its data is the same.
       - Wins over the cache. Only the expansion data is taken from it; everything else is read from libvirt again.
+      - When nothing the facts depend on changed (their RV(ansible_facts.hostcpu.reuse.key) is the current key, see
+        O(cache)) and their content is intact, they are returned as they are, without reading and building the
+        facts again (RV(facts_source=previous)); with O(cache) on, only when the cache holds the same facts too.
     type: dict
   cache:
     description:
@@ -88,6 +91,13 @@ options:
       - With V(false) the file is neither read nor written.
       - A cache file that cannot be read or is damaged is ignored with a warning and written again; one that cannot
         be written gives a warning. Neither fails the task. The file is not written in check mode.
+      - It also keeps the whole facts of the last run without any warning (O(expansion=true), O(verify_modes=false))
+        with their key RV(ansible_facts.hostcpu.reuse.key), a sha256 of everything they depend on (these options,
+        the libvirt and QEMU versions, the connection's URI, the capabilities, the domain capabilities of each virt
+        type, the QEMU binaries, the kernel, libvirt's CPU map files and the collection's code). The task first runs
+        the small module P(hostcpu.libvirt.cpu_facts_cached#module), which reads only those (a few milliseconds) and
+        returns the kept facts when the key is the same and they are intact (RV(facts_source=cache)); otherwise this
+        module runs as described. A hit returns exactly what this module would return.
     type: bool
     default: true
   cache_path:
@@ -99,6 +109,11 @@ options:
       - Must be an absolute path.
     type: path
     default: /var/cache/hostcpu-libvirt/cpu_facts.json
+  _code:
+    description:
+      - Set by the task's action plugin (the fingerprint of the collection's code that builds the facts, for
+        RV(ansible_facts.hostcpu.reuse)); do not set it. Without it the facts are not reusable.
+    type: str
   capabilities_xml:
     description:
       - The output of C(virsh capabilities) (C(virConnectGetCapabilities)) to read instead of
@@ -117,6 +132,9 @@ options:
 notes:
   - Only reads from libvirt, except for the transient guests of O(verify_modes) and O(expansion).
   - Supports check mode and runs the same in it, except that the cache file is not written.
+  - Has an action plugin (it computes the fingerprint of the collection's code on the controller and runs
+    P(hostcpu.libvirt.cpu_facts_cached#module) first when the facts may be reusable); asynchronous tasks always run
+    this module.
   - "The fingerprint of the expansion inputs covers: the libvirt and QEMU versions; the host CPU of libvirt's
     capabilities (model, vendor, signature, microcode, features, topology, physical address bits); the virt type's
     domain capabilities XML (it changes with the QEMU binary, its machine types and the CPUID KVM offers); libvirt's
@@ -170,6 +188,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+facts_source:
+  description:
+    - Where the facts come from. V(probed) read from libvirt by this module; V(cache) the whole facts kept in the
+      cache file (O(cache)), V(previous) the facts of O(previous), both on an unchanged host, without running this
+      module (its action plugin returns them).
+  returned: always
+  type: str
+  choices: [probed, cache, previous]
+  sample: cache
 ansible_facts:
   description: Facts to add to C(ansible_facts).
   returned: always
@@ -225,6 +252,23 @@ ansible_facts:
           description: QEMU version; V(null) for offline input.
           type: str
           sample: 7.2.22
+        reuse:
+          description:
+            - What tells whether these facts can be reused as they are (see O(cache) and O(previous)); V(null) when
+              they cannot (the run had a warning, O(verify_modes=true), O(expansion=false), or the module ran without
+              its action plugin). Absent for the XML inputs.
+          type: dict
+          contains:
+            key:
+              description: The sha256 of everything the facts depend on (see O(cache)).
+              type: str
+              sample: 35ddf54ac91b6454749bdea97d2c33e47ff3d749bc1f9590a7e8fcfedc93884a
+            content:
+              description:
+                - The sha256 of the facts without C(reuse) and the C(expansion_source) of the virt types, so that
+                  damaged or edited facts are not reused.
+              type: str
+              sample: 8a9a8631b0abf571d0f19d055a26cb1c492d37673a7dabad00295df8d3644dc1
         unavailable_virt_types:
           description: Virt types (asked for, or all of V(kvm) and V(qemu) by default) that could not be probed, with the reason.
           type: dict
@@ -336,6 +380,8 @@ ansible_facts:
               sample: cache
 """
 
+from typing import List, Optional, Tuple
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import (
@@ -345,13 +391,22 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
     connection_lost_message,
     require_libraries,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_facts_action import invocation
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT_TYPES, build_facts, check_virt_types, facts_from_parsed
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache import DEFAULT_CACHE_PATH, ExpansionReuse
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache import ExpansionReuse
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import (
+    DEFAULT_CACHE_PATH,
+    OFFLINE_OPTIONS,
+    consistent,
+    facts_key,
+    key_options,
+    read_key_inputs,
+    reuse_fact,
+    stored_facts,
+)
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe import probe
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import rules_for, version_warning
-
-OFFLINE_OPTIONS = ("capabilities_xml", "domain_capabilities_xml")
 
 
 def argument_spec() -> dict:
@@ -365,6 +420,7 @@ def argument_spec() -> dict:
         previous={"type": "dict"},
         cache={"type": "bool", "default": True},
         cache_path={"type": "path", "default": DEFAULT_CACHE_PATH},
+        _code={"type": "str"},
     )
     return spec
 
@@ -402,39 +458,53 @@ def facts_offline(params: dict) -> dict:
     return facts
 
 
-def facts_from_libvirt(module: AnsibleModule) -> dict:
-    params = module.params
+def facts_from_libvirt(params: dict, check_mode: bool) -> Tuple[dict, List[str]]:
+    """The facts and the warnings; a warning-free run gets the whole-facts reuse key (``_facts_key``)."""
     reuse = ExpansionReuse(params["uri"], params["previous"], params["cache_path"] if params["cache"] else None)
+    reusable = params["expansion"] and not params["verify_modes"] and bool(params["_code"])
     with connection(params["uri"]) as conn:
+        key_inputs = read_key_inputs(conn, params["virt_types"], LibvirtError) if reusable else None
         found = probe(conn, params["virt_types"], params["verify_modes"], params["expansion"], reuse.lookup)
-    if params["expansion"] and not module.check_mode:
-        reuse.store(found["expansion_data"])
-    for warning in reuse.warnings:
-        module.warn(warning)
+    if params["expansion"] and not check_mode:
+        reuse.content()  # read by the store below anyway: its warnings decide whether the facts are reusable
+    warnings = list(reuse.warnings)
     libvirt_version = found["versions"]["libvirt_version"]
     rules_for(libvirt_version)
     if version_warning(libvirt_version):
-        module.warn(version_warning(libvirt_version))
+        warnings.append(version_warning(libvirt_version))
     facts = facts_from_parsed(found["capabilities"], found["entries"], found["versions"], found["expansions"], found["verified"],
                               found["expansion_data"])
     for virt_type, reason in found["expansion_errors"].items():
-        module.warn("the live-CPU expansion data of virt type %s could not be measured (live_cpu cannot predict for it): %s"
-                    % (virt_type, reason))
+        warnings.append("the live-CPU expansion data of virt type %s could not be measured (live_cpu cannot predict for it): %s"
+                        % (virt_type, reason))
     for virt_type, entry in facts["virt_types"].items() if params["expansion"] else ():
         entry["expansion_source"] = reuse.sources.get(virt_type) if entry.get("expansion") is not None else None
     facts["unavailable_virt_types"] = found["unavailable"]
     if params["virt_types"] or not facts["virt_types"]:
         for virt_type, reason in found["unavailable"].items():
-            module.warn("virt type %s is not available: %s" % (virt_type, reason))
-    return facts
+            warnings.append("virt type %s is not available: %s" % (virt_type, reason))
+    facts["reuse"] = reuse_fact(reuse_key(params, key_inputs, found) if not warnings else None, facts)
+    if params["expansion"] and not check_mode:
+        write_warnings = store(reuse, found, facts)
+        if write_warnings:
+            facts["reuse"] = None
+            warnings += write_warnings
+    return facts, warnings
 
 
-def invocation(params: dict) -> dict:
-    """The module_args Ansible echoes in the result, with O(previous) (whole facts, ~70 kB) summarised."""
-    previous = params.get("previous")
-    if previous is None:
-        return {"module_args": params}
-    return {"module_args": dict(params, previous="(facts of %d keys, not repeated here)" % len(previous))}
+def reuse_key(params: dict, key_inputs: Optional[dict], found: dict) -> Optional[str]:
+    """The whole-facts key, when it was read (a reusable run) and the probe read the same libvirt answers."""
+    if key_inputs is None or not consistent(key_inputs, found["versions"], found["capabilities_xml"],
+                                            found["capabilities"]["host"]["arch"], found["domcaps"]):
+        return None
+    return facts_key(key_inputs, key_options(params["virt_types"], params["expansion"]), params["_code"])
+
+
+def store(reuse: ExpansionReuse, found: dict, facts: dict) -> List[str]:
+    """Write what the cache lacks (the whole facts too when reusable); the warnings of the write."""
+    before = len(reuse.warnings)
+    reuse.store(found["expansion_data"], stored_facts(facts["reuse"]["key"], facts) if facts["reuse"] else None)
+    return reuse.warnings[before:]
 
 
 def main() -> None:
@@ -442,14 +512,17 @@ def main() -> None:
     params = module.params
     offline = any(params[name] is not None for name in OFFLINE_OPTIONS)
     require_libraries(module, need_libvirt=not offline)
+    warnings: List[str] = []
     try:
         check_option_combination(params)
-        facts = facts_offline(params) if offline else facts_from_libvirt(module)
+        facts, warnings = (facts_offline(params), []) if offline else facts_from_libvirt(params, module.check_mode)
     except CPUError as exc:
         module.fail_json(msg=str(exc))
     except LibvirtError as exc:
         module.fail_json(msg=connection_lost_message(exc))
-    module.exit_json(changed=False, ansible_facts={"hostcpu": facts}, invocation=invocation(params))
+    for warning in warnings:
+        module.warn(warning)
+    module.exit_json(changed=False, ansible_facts={"hostcpu": facts}, facts_source="probed", invocation=invocation(params))
 
 
 if __name__ == "__main__":

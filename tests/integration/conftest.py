@@ -174,13 +174,15 @@ def ansible_env() -> Dict[str, str]:
     return env
 
 
-def run_playbook(tasks: List[Dict[str, Any]], tmp_path: Path, extra_args: Optional[List[str]] = None) -> List[Dict[str, Any]]:
-    """Run *tasks* on localhost in one ansible-playbook (each with ignore_errors); their results in order."""
+def run_playbook(tasks: List[Dict[str, Any]], tmp_path: Path, extra_args: Optional[List[str]] = None,
+                 env: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
+    """Run *tasks* on localhost in one ansible-playbook (each with ignore_errors); their results in order.
+    *env* overrides variables of ansible_env()."""
     playbook = tmp_path / ("play-%s.json" % secrets.token_hex(4))
     playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "connection": "local",
                                      "tasks": [dict(task, ignore_errors=True) for task in tasks]}]))
     command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(playbook)]
-    proc = subprocess.run(command + (extra_args or []), capture_output=True, text=True, env=ansible_env(),
+    proc = subprocess.run(command + (extra_args or []), capture_output=True, text=True, env=dict(ansible_env(), **(env or {})),
                           cwd=str(tmp_path), timeout=900, check=False)
     try:
         output = json.loads(proc.stdout)

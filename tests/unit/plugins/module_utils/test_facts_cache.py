@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict
 
 import pytest
 
-from ansible_collections.hostcpu.libvirt.plugins.module_utils import _facts_cache, _probe
+from ansible_collections.hostcpu.libvirt.plugins.module_utils import _facts_cache, _facts_key, _probe
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion_data import DATA_FORMAT
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import parse_capabilities
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache import (
@@ -360,7 +360,7 @@ def test_an_unreadable_or_huge_cache_is_ignored_with_a_warning(tmp_path, monkeyp
     assert entries == {} and "cannot be read" in warnings[0]
     path = tmp_path / "cpu_facts.json"
     path.write_text(_cache_text({"": {}}))
-    monkeypatch.setattr(_facts_cache, "MAX_CACHE_BYTES", 10)
+    monkeypatch.setattr(_facts_key, "MAX_CACHE_BYTES", 10)
     entries, warnings = read_cache(str(path))
     assert entries == {} and "larger than" in warnings[0]
 
