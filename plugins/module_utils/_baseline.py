@@ -76,9 +76,12 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._expansion import 
     Context,
     CPUDefinitions,
     GuestCPU,
+    context_for,
+    custom_models_decoding,
+    facts_unchanged,
+    policies_mask,
     predict_live_cpu,
     predict_live_guest,
-    shared_models_decoding,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._machines import FAMILY_NAMES, MachineError, fleet_machine
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._migration import migration_verdict
@@ -212,6 +215,10 @@ def _live_enabled(ctx: Context, live: GuestCPU) -> Tuple[Mask, List[str]]:
     features have distinct names, so their order cannot matter."""
     model = live.model if live.mode == "custom" else None
     mask = ctx.map.models[model].mask if model and model in ctx.map.models else 0
+    if set(map(type, live.features.values())) <= _STR_TYPE and live.features.keys() <= ctx.map.index.keys():
+        masks = live.policy_masks(ctx)
+        enabling_mask = policies_mask(masks, ENABLING + ("",))
+        return (mask | enabling_mask) & ~policies_mask(masks, DISABLING), []
     enabling = [name for name, policy in live.features.items() if (policy or "require") in ENABLING]
     disabling = [name for name, policy in live.features.items() if (policy or "require") in DISABLING]
     enabling_mask = ctx.map.mask(enabling)
@@ -219,6 +226,9 @@ def _live_enabled(ctx: Context, live: GuestCPU) -> Tuple[Mask, List[str]]:
     if _bit_count(enabling_mask) == len(enabling):
         return enabled, []
     return enabled, [name for name in enabling if name not in ctx.map.index]
+
+
+_STR_TYPE = frozenset((str,))
 
 
 def _bit_count(mask: Mask) -> int:
@@ -313,13 +323,15 @@ class _HostModelCPUs:
 _HOST_MODEL_CPUS = _HostModelCPUs()
 
 
-def _predicted_host_features(entry: Entry) -> Tuple[FrozenSet[str], Tuple[str, ...]]:
-    """Enabled features of the predicted live host-model CPU, with the prediction's fix when refused."""
+def _predicted_host_features(entry: Entry) -> Tuple[FrozenSet[str], Tuple[str, ...], Context]:
+    """Enabled features of the predicted live host-model CPU, with the prediction's fix when refused,
+    and the host's Context."""
+    ctx = context_for(entry)
     fix: List[str] = []
     for _attempt in range(4):
         try:
-            ctx, live, _enabled = predict_live_guest(_HOST_MODEL_CPUS.cpu(tuple(fix)), entry, _HOST_MODEL_CPUS.definitions)
-            return _enabled_live_features(ctx, live), tuple(fix)
+            _ctx, live, _enabled = predict_live_guest(_HOST_MODEL_CPUS.cpu(tuple(fix)), entry, _HOST_MODEL_CPUS.definitions, ctx)
+            return _enabled_live_features(ctx, live), tuple(fix), ctx
         except GuestWouldNotStart as exc:
             names = [f["name"] for f in exc.fix or () if f["name"] not in fix]
             if not names:
@@ -355,39 +367,55 @@ def _usable_and_vendors(models: Sequence[Mapping[str, Any]]) -> Tuple[FrozenSet[
     return usable, vendors
 
 
-def _build_view(key: str, entry: Entry) -> HostView:
+_USABLE_AND_VENDORS = "baseline: usable models and vendors"
+
+
+def _alike_usable_and_vendors(models: Any) -> Tuple[FrozenSet[str], Dict[str, Optional[str]]]:
+    """``_usable_and_vendors(models)``, worked out once for the hosts of alike models (one CPU generation
+    and QEMU), on the decoding their Contexts share."""
+    derived = custom_models_decoding(models).derived
+    if _USABLE_AND_VENDORS not in derived:
+        derived[_USABLE_AND_VENDORS] = _usable_and_vendors(models)
+    return derived[_USABLE_AND_VENDORS]
+
+
+def _build_view(key: str, entry: Entry) -> Tuple[HostView, Optional[Context]]:
+    """The host's view, and its Context when the view was predicted (the proof predicts with it again)."""
     models = (entry.get("modes") or {}).get("custom", {}).get("models") or ()
     # hosts of one CPU generation and QEMU report the same models: worked out once for them
-    usable, vendors = shared_models_decoding(("baseline: usable models and vendors",), models, _usable_and_vendors)
+    usable, vendors = _alike_usable_and_vendors(models)
     data = _expansion_data(entry)
     predictable = data is not None and "models" in data and "features" in data
+    ctx = None
     if predictable:
-        features, fix = _predicted_host_features(entry)
+        features, fix, ctx = _predicted_host_features(entry)
         source = "predicted host-model"
     else:
         features, fix = _expanded_host_features(entry), ()
         source = "host_model_migratable"
     return HostView(key, entry.get("arch"), entry.get("domain_type"), _host_vendor(entry), usable, vendors,
-                    features, source, fix, predictable)
+                    features, source, fix, predictable), ctx
 
 
 _VIEWS: "OrderedDict[Tuple[Any, ...], HostView]" = OrderedDict()
 VIEW_CACHE_SIZE = 4096
 
 
-def _cached_view(identity: Tuple[Any, ...], entry: Entry) -> HostView:
+def _cached_view(identity: Tuple[Any, ...], entry: Entry) -> Tuple[HostView, Optional[Context]]:
+    """The view of *identity*, and the Context of *entry* when the view was built now (else None)."""
     view = _VIEWS.get(identity)
-    if view is None:
-        view = _build_view(_key_of(identity), entry)
-        _VIEWS[identity] = view
-        while len(_VIEWS) > VIEW_CACHE_SIZE:
-            _VIEWS.popitem(last=False)
-    return view
+    if view is not None:
+        return view, None
+    view, ctx = _build_view(_key_of(identity), entry)
+    _VIEWS[identity] = view
+    while len(_VIEWS) > VIEW_CACHE_SIZE:
+        _VIEWS.popitem(last=False)
+    return view, ctx
 
 
 def host_view(entry: Entry) -> HostView:
     """The HostView of *entry*, cached by what ``host_key`` hashes."""
-    return _cached_view(_identity(entry), entry)
+    return _cached_view(_identity(entry), entry)[0]
 
 
 class DistinctHost(NamedTuple):
@@ -396,21 +424,24 @@ class DistinctHost(NamedTuple):
     view: HostView
     entry: Entry
     names: List[str]
+    # the Context of entry, when this call worked it out already (None: context_for finds it)
+    context: Optional[Context] = None
 
 
 def distinct_hosts(records: Sequence[HostRecord]) -> List[DistinctHost]:
     """Hosts with the same key, in order of first appearance; the error names the host that failed."""
     found: "OrderedDict[Tuple[Any, ...], DistinctHost]" = OrderedDict()
-    for record in records:
-        identity = _identity(record.entry, record.identity)
-        if identity in found:
-            found[identity].names.append(record.name)
-            continue
-        try:
-            view = _cached_view(identity, record.entry)
-        except FleetError as exc:
-            raise FleetError("%s: %s" % (record.name, exc)) from None
-        found[identity] = DistinctHost(view, record.entry, [record.name])
+    with facts_unchanged():
+        for record in records:
+            identity = _identity(record.entry, record.identity)
+            if identity in found:
+                found[identity].names.append(record.name)
+                continue
+            try:
+                view, ctx = _cached_view(identity, record.entry)
+            except FleetError as exc:
+                raise FleetError("%s: %s" % (record.name, exc)) from None
+            found[identity] = DistinctHost(view, record.entry, [record.name], ctx)
     return list(found.values())
 
 
@@ -640,7 +671,7 @@ def _refine_on(host: DistinctHost, draft: _Draft) -> bool:
     ones it has beyond them. A difference that cannot be adjusted away is an error.
     """
     try:
-        ctx, live, _enabled = predict_live_guest(draft.cpu(), host.entry, draft.definitions)
+        ctx, live, _enabled = predict_live_guest(draft.cpu(), host.entry, draft.definitions, host.context)
     except GuestWouldNotStart as exc:
         label = _names([host])
         fix = [f["name"] for f in exc.fix or ()]
@@ -710,8 +741,11 @@ def _missing_reasons(hosts: Sequence[DistinctHost], common: FrozenSet[str]) -> D
     offered: Set[str] = set()
     for host in hosts:
         offered |= host.view.features
-    reasons = {name: "not on %s" % _names(host for host in hosts if name not in host.view.features)
-               for name in offered - common}
+    lacking: Dict[str, List[DistinctHost]] = {name: [] for name in offered - common}
+    for host in hosts:
+        for name in lacking.keys() - host.view.features:
+            lacking[name].append(host)
+    reasons = {name: "not on %s" % _names(without) for name, without in lacking.items()}
     for host in hosts:
         for name in host.view.fix:
             reasons.setdefault(name, "%s does not start a host-model guest with it (the prediction's fix is to disable it)"

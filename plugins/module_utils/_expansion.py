@@ -41,8 +41,9 @@ is stored compactly: feature sets are hex bit masks over the CPU map's feature l
 from __future__ import annotations
 
 from collections import OrderedDict
-from operator import methodcaller
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+from contextlib import contextmanager
+from operator import itemgetter
+from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_map import (
     DISABLING,
@@ -83,8 +84,9 @@ class _BlockerMasks(Mapping):
     """The blocker mask of each model the hypervisor accepts, worked out when first read: a
     prediction reads one or two of some 60, and a fleet builds a Context per distinct host."""
 
-    def __init__(self, names: Iterable[str], blocker_mask: Callable[[str], Mask]):
-        self._names = dict.fromkeys(names)
+    def __init__(self, names: Mapping[str, Any], blocker_mask: Callable[[str], Mask]):
+        # the models are the keys of *names* (a shared decoding: read, never changed)
+        self._names = names
         self._masks: Dict[str, Mask] = {}
         self._blocker_mask = blocker_mask
 
@@ -114,14 +116,49 @@ class _SharedDecodings:
     an error is raised by that decoding and never kept. The raw value is kept as a plain copy, so
     facts changed later do not change what it is compared with. Mappings must also have their keys
     in the same order (``==`` ignores it; the decoded dicts keep it, e.g. the MSR bits named in a refusal).
+
+    Within ``facts_unchanged()``, a part passed again as the very object passed last under its key
+    (the view of a host, then its Context) is what it was decoded to then, without comparing.
     """
 
     def __init__(self, candidates: int, keys: int) -> None:
         self.candidates = candidates
         self.keys = keys
         self._known: Dict[Tuple[Any, ...], List[Tuple[Any, Optional[List[Any]], Any]]] = {}
+        # within facts_unchanged(): the last raw object of each key and what it was decoded to
+        self._same: Optional[Dict[Tuple[Any, ...], Tuple[Any, Any]]] = None
+
+    @contextmanager
+    def facts_unchanged(self) -> Iterator[None]:
+        """While the facts do not change (one call working on them): the objects passed are kept, so
+        their ids are not reused."""
+        if self._same is not None:
+            yield
+            return
+        self._same = {}
+        try:
+            yield
+        finally:
+            self._same = None
+
+    def _recalled(self, key: Tuple[Any, ...], raw: Any) -> Tuple[bool, Any]:
+        seen = self._same.get(key) if self._same is not None else None
+        if seen is not None and seen[0] is raw:
+            return True, seen[1]
+        return False, None
+
+    def _remember(self, key: Tuple[Any, ...], raw: Any, decoded: Any) -> Any:
+        if self._same is not None:
+            self._same[key] = (raw, decoded)
+        return decoded
 
     def get(self, key: Tuple[Any, ...], raw: Any, decode: Callable[[Any], Any]) -> Any:
+        recalled, decoded = self._recalled(key, raw)
+        if recalled:
+            return decoded
+        return self._remember(key, raw, self._compared(key, raw, decode))
+
+    def _compared(self, key: Tuple[Any, ...], raw: Any, decode: Callable[[Any], Any]) -> Any:
         known = self._known.get(key)
         if known is None:
             if len(self._known) >= self.keys:
@@ -138,17 +175,19 @@ class _SharedDecodings:
     def get_models(self, key: Tuple[Any, ...], models: Any, decode: Callable[[Any], Any]) -> Any:
         """``get`` for domcapabilities' custom models: usable= ``true`` and ``1`` are ``==`` but not
         alike (``is True``), so the types of the usable values are part of the key."""
+        recalled, decoded = self._recalled(key, models)
+        if recalled:
+            return decoded
         try:
-            usable_types = tuple(map(type, map(_USABLE_OF, models)))
+            usable_types = tuple([type(model.get("usable")) for model in models])
         except (AttributeError, TypeError):
             return decode(models)
-        return self.get(key + (usable_types,), models, decode)
+        return self._remember(key, models, self.get(key + (usable_types,), models, decode))
 
     def clear(self) -> None:
         self._known.clear()
 
 
-_USABLE_OF = methodcaller("get", "usable")
 # Parts of up to this many QEMU and libvirt versions (and virt types) are kept per part, and parts
 # of at most SHARED_DECODING_KEYS // 3 CPU maps (the keys of the parts that depend on the map).
 SHARED_DECODING_CANDIDATES = 16
@@ -156,10 +195,10 @@ SHARED_DECODING_KEYS = 64
 _SHARED = _SharedDecodings(SHARED_DECODING_CANDIDATES, SHARED_DECODING_KEYS)
 
 
-def shared_models_decoding(key: Tuple[Any, ...], models: Any, decode: Callable[[Any], Any]) -> Any:
-    """``decode(models)`` of domcapabilities' custom models, or what it gave for alike models under
-    *key* before (see _SharedDecodings): the result is shared, so it must not be changed."""
-    return _SHARED.get_models(key, models, decode)
+def facts_unchanged() -> ContextManager[None]:
+    """A block in which the facts passed do not change: the shared decodings take a part passed
+    again as the same object without comparing it (see _SharedDecodings)."""
+    return _SHARED.facts_unchanged()
 
 
 def _decoded_msr(raw: Any) -> Dict[str, Tuple[int, int]]:
@@ -178,12 +217,14 @@ def _decoded_level_raisers(raw: Any) -> List[Tuple[int, Mask]]:
     return [(int(level), from_hex(mask, "qemu.level_raisers")) for level, mask in raw]
 
 
-class _CustomModels(NamedTuple):
+class CustomModels(NamedTuple):
     """What the Context reads of domcapabilities' custom models."""
 
     names: List[Any]
     usable: Dict[Any, Any]
     blockers: Dict[Any, Tuple[Any, ...]]
+    # what other readers work out from alike models, by their own key (errors are not kept)
+    derived: Dict[str, Any]
 
 
 def _distinct_policies(features: Any) -> Optional[Dict[str, str]]:
@@ -200,11 +241,17 @@ def _distinct_policies(features: Any) -> Optional[Dict[str, str]]:
 _STR_TYPE = frozenset((str,))
 
 
-def _decoded_custom_models(custom_models: Any) -> _CustomModels:
-    return _CustomModels([model.get("name") for model in custom_models],
-                         {model.get("name"): model.get("usable") for model in custom_models},
-                         {model.get("name"): tuple(model.get("blockers") or ()) for model in custom_models
-                          if model.get("blockers") is not None})
+def _decoded_custom_models(custom_models: Any) -> CustomModels:
+    return CustomModels([model.get("name") for model in custom_models],
+                        {model.get("name"): model.get("usable") for model in custom_models},
+                        {model.get("name"): tuple(model.get("blockers") or ()) for model in custom_models
+                         if model.get("blockers") is not None}, {})
+
+
+def custom_models_decoding(models: Any) -> CustomModels:
+    """The decoding of domcapabilities' custom models, shared by every host whose models are alike
+    (see _SharedDecodings): it must not be changed, but for what a reader adds to its ``derived``."""
+    return _SHARED.get_models(("modes.custom.models",), models, _decoded_custom_models)
 
 
 class Context:
@@ -242,14 +289,14 @@ class Context:
                                                from_hex(host.get("listed"), "host.listed"))
         modes = entry.get("modes") or {}
         self.modes = {name: bool((mode or {}).get("supported")) for name, mode in modes.items()}
-        custom_models = _SHARED.get_models(("modes.custom.models",), (modes.get("custom") or {}).get("models") or (),
-                                           _decoded_custom_models)
-        names = custom_models.names or list(self.qemu_models)
+        custom_models = custom_models_decoding((modes.get("custom") or {}).get("models") or ())
         # domcapabilities' usable= and <blockers> of each model (the partial check and the translation use them)
         self.usable = custom_models.usable
         self.blockers = custom_models.blockers
-        self.allowed: Mapping[str, Mask] = _BlockerMasks(names, self._blocker_mask)
-        self.reported = self._reported_host_model((modes.get("host-model") or {}).get("cpu"))
+        # the models QEMU accepts: those of domcapabilities (the keys of usable), else those of its expansions
+        self.allowed: Mapping[str, Mask] = _BlockerMasks(self.usable if custom_models.names else self.qemu_models,
+                                                         self._blocker_mask)
+        self._reported, self._reported_policies = self._reported_host_model((modes.get("host-model") or {}).get("cpu"))
 
     def _unchecked_mask(self, names: Iterable[str]) -> Mask:
         return self.map.mask(name for name in names if name in self.map.index)
@@ -279,27 +326,36 @@ class Context:
                 features &= ~children
         return features & ~self.supported
 
-    def _reported_host_model(self, cpu: Any) -> Optional[Mask]:
+    @property
+    def reported(self) -> Optional[Mask]:
         """virCPUExpandFeatures of the host-model CPU domcapabilities reports, when QEMU gave it
         (fallback forbid): what the blockers-based partial check requires features from."""
+        if self._reported_policies is not None:
+            self._reported = self.map.with_policies(self._reported, self._reported_policies)
+            self._reported_policies = None
+        return self._reported
+
+    def _reported_host_model(self, cpu: Any) -> Tuple[Optional[Mask], Optional[Dict[str, str]]]:
+        """``reported``, or the model's mask and the CPU's features of distinct names (which cannot
+        fail) to apply to it when ``reported`` is first read: few predictions read it."""
         if not _is_mapping(cpu) or not _is_mapping(cpu.get("model")) or cpu["model"].get("fallback") != "forbid":
-            return None
+            return None, None
         model = self.map.models.get(cpu["model"].get("name"))
         if model is None:
-            return None
+            return None, None
         features = cpu.get("features") or ()
         distinct = _distinct_policies(features)
         if distinct is not None:
-            return self.map.with_policies(model.mask, distinct)
+            return model.mask, distinct
         policies = ((feature["name"], feature.get("policy") or "require") for feature in features)
-        return apply_policies(model.mask, policies, self.map.bit)
+        return apply_policies(model.mask, policies, self.map.bit), None
 
     @staticmethod
     def _host_model(value: Any) -> Optional[Tuple[str, Optional[str], Tuple[Tuple[str, str], ...]]]:
         if value is None:
             return None
         value = required_mapping(value, "host_model")
-        return value["model"], value.get("vendor"), tuple((name, policy) for name, policy in value["features"])
+        return value["model"], value.get("vendor"), _pairs(value["features"])
 
     def model_mask(self, name: str) -> Mask:
         model = self.map.models.get(name)
@@ -309,6 +365,16 @@ class Context:
         return model.mask
 
 
+def _pairs(items: Any) -> Tuple[Tuple[Any, Any], ...]:
+    """``(name, policy)`` of each ``[name, policy]``; a list of two-item lists as a whole, in C."""
+    if type(items) is list and set(map(type, items)) <= _LIST_TYPE and set(map(len, items)) <= _PAIR_LENGTH:  # pylint: disable=unidiomatic-typecheck
+        return tuple(map(tuple, items))
+    return tuple((name, policy) for name, policy in items)
+
+
+_LIST_TYPE = frozenset((list,))
+_NAME_OF = itemgetter("name")
+_PAIR_LENGTH = frozenset((2,))
 _CONTEXTS: "OrderedDict[Tuple[Any, ...], Context]" = OrderedDict()
 
 
@@ -331,7 +397,7 @@ def _context_key(entry: Mapping[str, Any]) -> Tuple[Any, ...]:
 
 def _model_names(models: Any) -> Tuple[Any, ...]:
     try:
-        return tuple([model["name"] for model in models])
+        return tuple(map(_NAME_OF, models))
     except (TypeError, KeyError, IndexError):
         return tuple(model.get("name") if _is_mapping(model) else None for model in models)
 
@@ -378,6 +444,14 @@ class GuestCPU:
         self.features: "OrderedDict[str, str]" = OrderedDict(
             (f["name"], f.get("policy") or "require") for f in cpu.get("features") or ())
 
+    def copy(self) -> "GuestCPU":
+        """A copy to change on its own (the values of ``rest`` are shared, as with the CPU dict)."""
+        twin = GuestCPU.__new__(GuestCPU)
+        twin.__dict__.update(self.__dict__)
+        twin.rest = dict(self.rest)
+        twin.features = OrderedDict(self.features)
+        return twin
+
     def update_feature(self, name: str, policy: str) -> None:
         self.features[name] = policy
 
@@ -385,12 +459,24 @@ class GuestCPU:
         if name not in self.features:
             self.features[name] = policy
 
-    def with_policy(self, ctx: Context, *policies: str) -> Mask:
-        return ctx.map.mask([name for name, policy in self.features.items() if policy in policies])
+    def policy_masks(self, ctx: Context) -> Dict[str, Mask]:
+        """The features of each policy as masks, in one pass."""
+        masks: Dict[str, Mask] = {}
+        bits = ctx.map.bits
+        for name, policy in self.features.items():
+            try:
+                masks[policy] = masks.get(policy, 0) | bits.get(name, 0)
+            except TypeError:  # an unhashable policy (damaged facts) is none of the policies
+                continue
+        return masks
 
-    def data(self, ctx: Context) -> Mask:
-        """x86ModelFromCPU(cpu, -1): model features + force/require - disable/forbid."""
-        return ctx.map.with_policies(ctx.model_mask(self.model) if self.model else 0, self.features)
+    def data(self, ctx: Context, masks: Optional[Dict[str, Mask]] = None) -> Mask:
+        """x86ModelFromCPU(cpu, -1): model features + force/require - disable/forbid
+        (*masks*: this CPU's ``policy_masks``, when worked out already)."""
+        if masks is None:
+            masks = self.policy_masks(ctx)
+        model = ctx.model_mask(self.model) if self.model else 0
+        return (model | policies_mask(masks, ENABLING)) & ~policies_mask(masks, DISABLING)
 
     def as_dict(self) -> CPUDict:
         cpu: CPUDict = {"mode": self.mode}
@@ -410,6 +496,14 @@ class GuestCPU:
         return ordered(cpu)
 
 
+def policies_mask(masks: Mapping[str, Mask], policies: Iterable[str]) -> Mask:
+    """The features of any of *policies*, from ``GuestCPU.policy_masks``."""
+    mask = 0
+    for policy in policies:
+        mask |= masks.get(policy, 0)
+    return mask
+
+
 def _incompatible(message: str, **kwargs: Any) -> GuestWouldNotStart:
     return GuestWouldNotStart("the CPU is incompatible with host CPU: %s" % message, **kwargs)
 
@@ -419,6 +513,8 @@ def _fix(names: Iterable[str]) -> List[Dict[str, str]]:
 
 
 def check_features_known(ctx: Context, cpu: GuestCPU) -> None:
+    if cpu.features.keys() <= ctx.map.index.keys():
+        return
     for name in cpu.features:
         if name not in ctx.map.index:
             raise GuestWouldNotStart("unsupported configuration: unknown CPU feature: %s" % name,
@@ -435,7 +531,7 @@ def check_mode_supported(ctx: Context, cpu: GuestCPU) -> None:
 
 def check_forbidden(ctx: Context, cpu: GuestCPU) -> None:
     """virCPUCheckForbiddenFeatures: a forbid feature the full host CPU lists by name."""
-    if ctx.host is None:
+    if ctx.host is None or "forbid" not in cpu.features.values():
         return
     for name, policy in cpu.features.items():
         if policy == "forbid" and ctx.map.bit(name) & ctx.host[2]:
@@ -488,11 +584,12 @@ def compare_whole_model(ctx: Context, cpu: GuestCPU) -> None:
     if cpu.vendor and (not host_vendor or cpu.vendor != host_vendor):
         raise _incompatible("host CPU vendor does not match required CPU vendor %s" % cpu.vendor,
                             hint="remove the vendor or use the host's vendor %s" % host_vendor)
-    force = cpu.with_policy(ctx, "force")
-    require = (ctx.model_mask(cpu.model) if cpu.model else 0) | cpu.with_policy(ctx, "require")
-    optional = cpu.with_policy(ctx, "optional")
-    disable = cpu.with_policy(ctx, "disable")
-    forbidden = cpu.with_policy(ctx, "forbid") & host
+    masks = cpu.policy_masks(ctx)
+    force = masks.get("force", 0)
+    require = (ctx.model_mask(cpu.model) if cpu.model else 0) | masks.get("require", 0)
+    optional = masks.get("optional", 0)
+    disable = masks.get("disable", 0)
+    forbidden = masks.get("forbid", 0) & host
     if forbidden:
         names = ctx.map.names_of(forbidden)
         raise _incompatible("Host CPU provides forbidden features: %s" % ", ".join(names), forbidden_features=names,
@@ -538,16 +635,17 @@ def _disable_removed(ctx: Context, cpu: GuestCPU) -> None:
 
 def update_guest(ctx: Context, cpu: GuestCPU) -> None:
     """virCPUUpdate / virCPUx86Update with the migratable host-model CPU."""
-    relative = (cpu.mode == "host-model" or cpu.match == "minimum"
-                or any(policy == "optional" for policy in cpu.features.values()))
-    if relative:
+    optional = "optional" in cpu.features.values()
+    if cpu.mode == "host-model" or cpu.match == "minimum" or optional:
         if ctx.host_model is None:
             raise GuestWouldNotStart("unsupported configuration: unknown host CPU model",
                                      hint="this virt type reports no host-model CPU; use a custom model")
-        host_data = _host_model_data(ctx)
-        for name, policy in list(cpu.features.items()):
-            if policy == "optional":
-                cpu.features[name] = "require" if ctx.map.bit(name) & host_data else "disable"
+        if optional:
+            # (a host model the map lacks fails below all the same, in model_mask)
+            host_data = _host_model_data(ctx)
+            for name, policy in list(cpu.features.items()):
+                if policy == "optional":
+                    cpu.features[name] = "require" if ctx.map.bit(name) & host_data else "disable"
         if cpu.mode == "host-model" or cpu.match == "minimum":
             _copy_host_model(ctx, cpu)
     ctx.model_mask(cpu.model)
@@ -580,6 +678,8 @@ def filter_for_qemu(ctx: Context, cpu: GuestCPU) -> None:
     does not know; later versions keep those in the definition and leave them off QEMU's -cpu."""
     drop_unknown = not ctx.rules.keeps_unknown_disabled_features and ctx.unknown
     ignored = ctx.rules.ignored_features
+    if ignored.isdisjoint(cpu.features) and not (drop_unknown and ctx.map.mask(cpu.features) & ctx.unknown):
+        return
     bits = ctx.map.bits
     dropped = [name for name, policy in cpu.features.items()
                if name in ignored or (drop_unknown and policy in DISABLING and bits.get(name, 0) & ctx.unknown)]
@@ -686,10 +786,13 @@ def _topology_features(ctx: Context, cpu: GuestCPU) -> Mask:
     return mask
 
 
-def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
-    """The features QEMU enables and the ones it reports unavailable, for the -cpu libvirt builds."""
-    plus = cpu.with_policy(ctx, *ENABLING)
-    minus = cpu.with_policy(ctx, *DISABLING)
+def qemu_features(ctx: Context, cpu: GuestCPU, masks: Optional[Dict[str, Mask]] = None) -> Tuple[Mask, Mask]:
+    """The features QEMU enables and the ones it reports unavailable, for the -cpu libvirt builds
+    (*masks*: the CPU's ``policy_masks``, when worked out already)."""
+    if masks is None:
+        masks = cpu.policy_masks(ctx)
+    plus = policies_mask(masks, ENABLING)
+    minus = policies_mask(masks, DISABLING)
     unknown = []
     if plus & ctx.unknown:
         unknown = [name for name, policy in cpu.features.items() if policy in ENABLING and ctx.map.bit(name) & ctx.unknown]
@@ -714,20 +817,23 @@ def qemu_features(ctx: Context, cpu: GuestCPU) -> Tuple[Mask, Mask]:
     return enabled, disabled
 
 
-def verify_invtsc(ctx: Context, cpu: GuestCPU, enabled: Mask) -> None:
-    """qemuProcessVerifyCPUFeatures."""
+def verify_invtsc(ctx: Context, cpu: GuestCPU, enabled: Mask, masks: Optional[Dict[str, Mask]] = None) -> None:
+    """qemuProcessVerifyCPUFeatures (*masks*: the CPU's ``policy_masks``, when worked out already)."""
     invtsc = ctx.map.bit("invtsc")
     if cpu.mode == "custom" and not cpu.model:
         return
-    if not enabled & invtsc and cpu.data(ctx) & invtsc:
+    if not enabled & invtsc and cpu.data(ctx, masks) & invtsc:
         raise GuestWouldNotStart("unsupported configuration: host doesn't support invariant TSC",
                                  missing_features=["invtsc"], fix=_fix(["invtsc"]), hint="remove the invtsc feature")
 
 
-def update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask) -> None:
-    """virCPUx86UpdateLive: reconcile the definition with what QEMU really did."""
-    data = cpu.data(ctx)
-    disabled_by_definition = cpu.with_policy(ctx, "disable")
+def update_live(ctx: Context, cpu: GuestCPU, enabled: Mask, disabled: Mask, masks: Optional[Dict[str, Mask]] = None) -> None:
+    """virCPUx86UpdateLive: reconcile the definition with what QEMU really did (*masks*: the CPU's
+    ``policy_masks``, when worked out already)."""
+    if masks is None:
+        masks = cpu.policy_masks(ctx)
+    data = cpu.data(ctx, masks)
+    disabled_by_definition = masks.get("disable", 0)
     # Expected "disable": every feature outside the definition's data, or for host-passthrough and
     # maximum only the ones the definition disables.
     known = (1 << len(ctx.map.names)) - 1
@@ -785,6 +891,7 @@ class CPUDefinitions:
         self.size = size
         self._valid: Dict[int, CPUDict] = {}
         self._normalized: Dict[Tuple[int, Any, Any], Tuple[CPUDict, CPUDict]] = {}
+        self._guests: Dict[Tuple[int, Any, Any], Tuple[CPUDict, GuestCPU]] = {}
 
     def validated(self, cpu: CPUDict) -> None:
         if self._valid.get(id(cpu)) is not cpu:
@@ -798,6 +905,15 @@ class CPUDefinitions:
             known = (cpu, normalize_cpu(cpu, virt_type, libvirt_version))
             self._keep(self._normalized, key, known)
         return known[1]
+
+    def guest(self, cpu: CPUDict, virt_type: Any, libvirt_version: Any) -> GuestCPU:
+        """``GuestCPU(self.normalized(...))``, built once and copied."""
+        key = (id(cpu), virt_type, libvirt_version)
+        known = self._guests.get(key)
+        if known is None or known[0] is not cpu:
+            known = (cpu, GuestCPU(self.normalized(cpu, virt_type, libvirt_version)))
+            self._keep(self._guests, key, known)
+        return known[1].copy()
 
     def _keep(self, cache: Dict[Any, Any], key: Any, value: Any) -> None:
         if len(cache) >= self.size:
@@ -823,7 +939,7 @@ def guest_cpu(cpu: Optional[CPUDict], ctx: Context, definitions: Optional[CPUDef
     if definitions is None:
         guest = GuestCPU(normalize_cpu(cpu or {}, ctx.virt_type, ctx.libvirt_version))
     else:
-        guest = GuestCPU(definitions.normalized(cpu or {}, ctx.virt_type, ctx.libvirt_version))
+        guest = definitions.guest(cpu or {}, ctx.virt_type, ctx.libvirt_version)
     given_fallback = ((cpu or {}).get("model") or {}).get("fallback")
     if guest.mode == "host-model" and given_fallback:
         guest.fallback = given_fallback
@@ -886,14 +1002,19 @@ def _cache_and_address_options(guest: GuestCPU) -> List[str]:
     return options
 
 
-def finish_live(ctx: Context, guest: GuestCPU, enabled: Mask, disabled: Mask) -> GuestCPU:
-    """qemuProcessUpdateAndVerifyCPU: the live CPU once QEMU enabled *enabled* and filtered *disabled*."""
-    verify_invtsc(ctx, guest, enabled)
+def finish_live(ctx: Context, guest: GuestCPU, enabled: Mask, disabled: Mask,
+                masks: Optional[Dict[str, Mask]] = None) -> GuestCPU:
+    """qemuProcessUpdateAndVerifyCPU: the live CPU once QEMU enabled *enabled* and filtered *disabled*
+    (*masks*: the CPU's ``policy_masks``, when worked out already)."""
+    if masks is None:
+        masks = guest.policy_masks(ctx)
+    verify_invtsc(ctx, guest, enabled, masks)
     if guest.mode == "custom" or guest.check == "full":
-        update_live(ctx, guest, enabled, disabled)
+        update_live(ctx, guest, enabled, disabled, masks)
         guest.check = "full"
-    for name in [name for name in guest.features if name in ctx.rules.ignored_features]:
-        del guest.features[name]
+    if not ctx.rules.ignored_features.isdisjoint(guest.features):
+        for name in [name for name in guest.features if name in ctx.rules.ignored_features]:
+            del guest.features[name]
     return guest
 
 
@@ -913,14 +1034,17 @@ def predict_guest(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> Tuple[CPU
     return live.as_dict(), ctx.map.names_of(enabled)
 
 
-def predict_live_guest(cpu: Optional[CPUDict], entry: Mapping[str, Any],
-                       definitions: Optional[CPUDefinitions] = None) -> Tuple[Context, GuestCPU, Mask]:
+def predict_live_guest(cpu: Optional[CPUDict], entry: Mapping[str, Any], definitions: Optional[CPUDefinitions] = None,
+                       ctx: Optional[Context] = None) -> Tuple[Context, GuestCPU, Mask]:
     """``predict_live_cpu`` before it becomes a dict: the host's Context, the live CPU and the
-    features QEMU enabled. *definitions*: where a CPU predicted on many hosts is defined once."""
-    ctx = context_for(entry)
+    features QEMU enabled. *definitions*: where a CPU predicted on many hosts is defined once;
+    *ctx*: ``context_for(entry)``, when the caller has it."""
+    if ctx is None:
+        ctx = context_for(entry)
     guest = prepare_for_qemu(ctx, guest_cpu(cpu, ctx, definitions))
-    enabled, disabled = qemu_features(ctx, guest)
-    return ctx, finish_live(ctx, guest, enabled, disabled), enabled
+    masks = guest.policy_masks(ctx)
+    enabled, disabled = qemu_features(ctx, guest, masks)
+    return ctx, finish_live(ctx, guest, enabled, disabled, masks), enabled
 
 
 def live_cpu_or_refusal(cpu: Optional[CPUDict], entry: Mapping[str, Any]) -> Dict[str, Any]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from operator import itemgetter, methodcaller
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Dict, List, Optional, Tuple
 from typing import Mapping as TypingMapping
 
@@ -46,6 +47,16 @@ def _is_list(value: Any) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
 
 
+_NAME_OF = itemgetter("name")
+_DICT_TYPE = frozenset((dict,))
+_LIST_TYPE = frozenset((list,))
+_PAIR_LENGTH = frozenset((2,))
+_STR_TYPE = frozenset((str,))
+# a string or null (policies, vendors); usable= true, false or null (bool has no subclasses)
+_POLICY_TYPES = frozenset((str, type(None)))
+_USABLE_TYPES = frozenset((bool, type(None)))
+
+
 def _optional(value: Any, kinds: Tuple[type, ...]) -> bool:
     return value is None or isinstance(value, kinds)
 
@@ -53,6 +64,12 @@ def _optional(value: Any, kinds: Tuple[type, ...]) -> bool:
 def _pair_ok(pair: Any) -> bool:
     """[name, policy], both strings."""
     return _is_list(pair) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], str)
+
+
+def _string_pairs(pairs: Any) -> bool:
+    """Whether *pairs* is a list of [name, policy] lists of strings (a quick test: False does not mean damaged)."""
+    return (type(pairs) is list and set(map(type, pairs)) <= _LIST_TYPE  # pylint: disable=unidiomatic-typecheck
+            and set(map(len, pairs)) <= _PAIR_LENGTH and _all_str(chain.from_iterable(pairs)))
 
 
 def _feature_ok(feature: Any) -> bool:
@@ -64,23 +81,35 @@ def _feature_ok(feature: Any) -> bool:
 
 
 def _features_ok(features: Any) -> bool:
-    """A list of {name, policy}; the common case (dicts in a list) in one pass without a call per feature."""
-    if type(features) is list and all(  # pylint: disable=unidiomatic-typecheck
-            type(f) is dict and isinstance(f.get("name"), str)  # pylint: disable=unidiomatic-typecheck
-            and (f.get("policy") is None or isinstance(f.get("policy"), str)) for f in features):
+    """A list of {name, policy}; the common case (dicts in a list) without a call per feature."""
+    if _dicts_with_names(features) and {type(f.get("policy")) for f in features} <= _POLICY_TYPES:
         return True
     return _is_list(features) and all(map(_feature_ok, features))
+
+
+def _dicts_with_names(items: Any) -> bool:
+    """Whether *items* is a list of dicts with a string name each (a quick test: False does not mean damaged)."""
+    return type(items) is list and set(map(type, items)) <= _DICT_TYPE and _all_str(map(_NAME_OF, items))  # pylint: disable=unidiomatic-typecheck
+
+
+def _all_str(values: Any) -> bool:
+    """Whether every value is a string (str.join takes nothing else); False also when one is missing."""
+    try:
+        "".join(values)
+    except (TypeError, KeyError):
+        return False
+    return True
 
 
 def _cpu_problems(cpu: Any, where: str) -> List[str]:
     """What is wrong with a CPU dict of the facts (host-model CPU, expansions)."""
     if cpu is None:
         return []
-    if not isinstance(cpu, Mapping):
+    if not _is_mapping(cpu):
         return ["%s must be a CPU mapping, got %s" % (where, _type_name(cpu))]
     problems = []
     model = cpu.get("model")
-    if not _optional(model, (Mapping,)) or (isinstance(model, Mapping) and not _optional(model.get("name"), (str,))):
+    if not (model is None or _is_mapping(model)) or (model is not None and not _optional(model.get("name"), (str,))):
         problems.append("%s.model must be a mapping with a name" % where)
     if not _optional(cpu.get("vendor"), (str,)):
         problems.append("%s.vendor must be a string, got %s" % (where, _type_name(cpu.get("vendor"))))
@@ -95,10 +124,8 @@ def _models_problems(models: Any, where: str) -> List[str]:
         return []
     if not _is_list(models):
         return ["%s must be a list, got %s" % (where, _type_name(models))]
-    if all(type(model) is dict and isinstance(model.get("name"), str)  # pylint: disable=unidiomatic-typecheck
-           and (model.get("usable") is True or model.get("usable") is False or model.get("usable") is None)
-           and isinstance(model.get("vendor"), (str, type(None)))
-           for model in models):
+    if (_dicts_with_names(models) and {type(model.get("usable")) for model in models} <= _USABLE_TYPES
+            and {type(model.get("vendor")) for model in models} <= _POLICY_TYPES):
         return []
     for index, model in enumerate(models):
         if not _is_mapping(model) or not isinstance(model.get("name"), str):
@@ -110,11 +137,11 @@ def _models_problems(models: Any, where: str) -> List[str]:
 
 
 def _modes_problems(modes: Any) -> List[str]:
-    if not isinstance(modes, Mapping):
+    if not _is_mapping(modes):
         return ["modes must be a mapping of CPU modes, got %s" % _type_name(modes)]
     problems = []
     for name, mode in modes.items():
-        if not isinstance(name, str) or not isinstance(mode, Mapping):
+        if not isinstance(name, str) or not _is_mapping(mode):
             problems.append("modes.%s must be a mapping, got %s" % (name, _type_name(mode)))
             continue
         if not _optional(mode.get("supported"), (bool,)):
@@ -131,10 +158,10 @@ def _host_model_data_problems(value: Any) -> List[str]:
     if value is None:
         return []
     where = "expansion.host_model"
-    if not isinstance(value, Mapping) or not isinstance(value.get("model"), str) or not _optional(value.get("vendor"), (str,)):
+    if not _is_mapping(value) or not isinstance(value.get("model"), str) or not _optional(value.get("vendor"), (str,)):
         return ["%s must be a mapping with a model name and a vendor" % where]
     features = value.get("features")
-    if not _is_list(features) or not all(map(_pair_ok, features)):
+    if not _string_pairs(features) and (not _is_list(features) or not all(map(_pair_ok, features))):
         return ["%s.features must be a list of [name, policy] pairs" % where]
     return []
 
@@ -142,10 +169,10 @@ def _host_model_data_problems(value: Any) -> List[str]:
 def _expansion_problems(data: Any) -> List[str]:
     if data is None:
         return []
-    if not isinstance(data, Mapping):
+    if not _is_mapping(data):
         return ["expansion must be a mapping, got %s" % _type_name(data)]
     problems = _host_model_data_problems(data.get("host_model"))
-    if not _optional(data.get("host"), (Mapping,)):
+    if not (data.get("host") is None or _is_mapping(data.get("host"))):
         problems.append("expansion.host must be a mapping, got %s" % _type_name(data.get("host")))
     if not _optional(data.get("fingerprint"), (str,)):
         problems.append("expansion.fingerprint must be a string")
@@ -297,11 +324,6 @@ class _Identities:
         return identity
 
 
-_NAME_OF = itemgetter("name")
-_POLICY_OF = methodcaller("get", "policy")
-_POLICY_TYPES = frozenset((str, type(None)))
-
-
 def _feature_pairs(features: Any) -> Optional[Tuple[str, str]]:
     """The names and policies of a features list as two strings, or None when it is not a list of
     {name: str, policy: str or null}.
@@ -311,11 +333,13 @@ def _feature_pairs(features: Any) -> Optional[Tuple[str, str]]:
     """
     try:
         names = "\x1f".join(map(_NAME_OF, features))
-        policies = list(map(_POLICY_OF, features))
+        policies = [feature.get("policy") for feature in features]
     except (TypeError, KeyError, AttributeError, IndexError):
         return None
-    if not set(map(type, policies)) <= _POLICY_TYPES and not all(policy is None or isinstance(policy, str)
-                                                                 for policy in policies):
+    types = set(map(type, policies))
+    if types <= _STR_TYPE:
+        return names, "\x1f".join(policies)
+    if not types <= _POLICY_TYPES and not all(policy is None or isinstance(policy, str) for policy in policies):
         return None
     return names, "\x1f".join(map(str, policies))
 

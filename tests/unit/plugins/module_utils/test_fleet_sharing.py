@@ -229,3 +229,30 @@ def test_cpu_definitions_predict_as_each_prediction_alone():
     versions = {(entry["domain_type"], entry["libvirt_version"]) for entry in entries}
     assert len(definitions._valid) == len(cpus)  # pylint: disable=protected-access
     assert len(definitions._normalized) == len(cpus) * len(versions)  # pylint: disable=protected-access
+
+
+def test_models_changed_in_place_between_calls_are_compared_again():
+    """Within one call a part passed again as the same object is not compared again; the next call compares it."""
+    entry = copy.deepcopy(real_facts()["virt_types"]["kvm"])
+    name = next(model["name"] for model in entry["modes"]["custom"]["models"] if model["usable"] is True)
+    first = _baseline.distinct_hosts([_baseline.HostRecord("a", entry)])[0].view
+    next(model for model in entry["modes"]["custom"]["models"] if model["name"] == name)["usable"] = False
+    entry["fingerprint"] = "one-model-unusable"
+    second = _baseline.distinct_hosts([_baseline.HostRecord("a", entry)])[0].view
+    assert name in first.usable and second.usable == first.usable - {name}
+    assert _expansion._SHARED._same is None  # pylint: disable=protected-access
+
+
+def test_policy_masks_are_the_features_of_each_policy():
+    entry = real_facts()["virt_types"]["kvm"]
+    ctx = _expansion.context_for(entry)
+    policies = ("force", "require", "optional", "disable", "forbid")
+    names = ctx.map.names[:12] + ["no-such-feature"]
+    cpu = _expansion.GuestCPU({"mode": "custom", "model": {"name": "qemu64"},
+                               "features": [{"name": name, "policy": policies[index % 5]} for index, name in enumerate(names)]})
+    masks = cpu.policy_masks(ctx)
+    for policy in policies:
+        assert masks.get(policy, 0) == ctx.map.mask([name for name, given in cpu.features.items() if given == policy])
+    enabling = ctx.map.mask([name for name, given in cpu.features.items() if given in ("force", "require")])
+    disabling = ctx.map.mask([name for name, given in cpu.features.items() if given in ("disable", "forbid")])
+    assert cpu.data(ctx) == (ctx.model_mask("qemu64") | enabling) & ~disabling
