@@ -15,9 +15,10 @@ default probing (``expansion: true``, ``cache: false``: one probe guest per virt
 QEMU), the default on an unchanged host whose data is in the cache (``cache: true``, a cache file
 of the bench's own, written by a probing run first), the same with ``previous:`` (the facts of that
 first run as a play variable, ``cache: false``), and ``verify_modes: true`` (plus a transient paused
-guest per CPU mode, ``cache: false``). Every task's ``expansion_source`` is checked: probing must have
-probed, the reusing configurations must have reused. The ratios probing / cache hit and probing /
-previous are the reuse speed-up.
+guest per CPU mode, ``cache: false``). Every task's ``expansion_source`` and ``facts_source`` are
+checked: probing must have probed, the reusing configurations must have reused the whole facts (the
+cpu_facts action's small module cpu_facts_cached found them unchanged; its raw calls are the reads of
+the key's inputs). The ratios probing / cache hit and probing / previous are the reuse speed-up.
 """
 
 from __future__ import annotations
@@ -268,12 +269,16 @@ def sources(result: Dict[str, Any]) -> Dict[str, Optional[str]]:
 
 
 def check_sources(config: str, result: Dict[str, Any]) -> None:
-    """Each configuration did what it is measured for: probing probed, reusing reused."""
+    """Each configuration did what it is measured for: probing probed, reusing reused (the whole facts,
+    through cpu_facts_cached: ``facts_source``)."""
     found = sources(result)
     wrong = {virt_type: source for virt_type, source in found.items() if source != EXPECTED_SOURCE[config]}
     if not found or wrong:
         raise BenchError("cpu_facts %s: expansion_source %s, expected %s for every virt type"
                          % (CONFIG_TEXT[config], found, EXPECTED_SOURCE[config]))
+    expected_path = config if config in REUSE else "probed"
+    if result.get("facts_source") != expected_path:
+        raise BenchError("cpu_facts %s: facts_source %r, expected %r" % (CONFIG_TEXT[config], result.get("facts_source"), expected_path))
 
 
 def prime(cache_path: str) -> Dict[str, Any]:
@@ -284,14 +289,13 @@ def prime(cache_path: str) -> Dict[str, Any]:
     return result["ansible_facts"]["hostcpu"]
 
 
-def record_reuse(conn, config: str, cache_path: str, previous: Dict[str, Any]) -> List[Call]:
-    """The libvirt calls of the probe when it reuses (from the cache file or the previous facts)."""
-    from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache import ExpansionReuse  # pylint: disable=import-outside-toplevel
-    reuse = (ExpansionReuse(None, None, cache_path) if config == "cache" else ExpansionReuse(None, previous, None))
-    calls, _seconds = record_probe(conn, CONFIGS[config], reuse.lookup)
-    if set(reuse.sources.values()) != {config}:
-        raise BenchError("the recorded probe of %s reused nothing: %s" % (config, reuse.sources))
-    return calls
+def record_reuse(conn) -> List[Call]:
+    """The libvirt calls of a reuse (cache hit or previous:): cpu_facts_cached reads the inputs of the whole-facts key."""
+    import libvirt  # pylint: disable=import-outside-toplevel
+    from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import read_key_inputs  # pylint: disable=import-outside-toplevel
+    recorder = Recorder()
+    read_key_inputs(RecordedConnection(conn, recorder), None, libvirt.libvirtError)
+    return recorder.calls
 
 
 def measure(conn, repeat: int, log: Log, load: LoadSampler) -> Dict[str, Any]:
@@ -308,7 +312,7 @@ def _measure(conn, repeat: int, log: Log, load: LoadSampler, cache_path: str) ->
     recorded = {}
     for config, options in CONFIGS.items():
         if config in REUSE:
-            calls = record_reuse(conn, config, cache_path, previous)
+            calls = record_reuse(conn)
         else:
             calls, _seconds = record_probe(conn, options)
         recorded[config] = calls
