@@ -372,8 +372,12 @@ _USABLE_AND_VENDORS = "baseline: usable models and vendors"
 
 def _alike_usable_and_vendors(models: Any) -> Tuple[FrozenSet[str], Dict[str, Optional[str]]]:
     """``_usable_and_vendors(models)``, worked out once for the hosts of alike models (one CPU generation
-    and QEMU), on the decoding their Contexts share."""
-    derived = custom_models_decoding(models).derived
+    and QEMU), on the decoding their Contexts share. Models that decoding refuses (damaged facts) are read
+    here alone: the host's Context names what is wrong with them, as for every other damaged part."""
+    try:
+        derived = custom_models_decoding(models).derived
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return _usable_and_vendors(models)
     if _USABLE_AND_VENDORS not in derived:
         derived[_USABLE_AND_VENDORS] = _usable_and_vendors(models)
     return derived[_USABLE_AND_VENDORS]
