@@ -10,6 +10,8 @@ from pathlib import Path
 
 # label -> (page and anchor below the docsite root, title)
 LABELS = {
+    # antsibull-docs notes on a module with an action plugin (cpu_facts) that it has one
+    "action_plugins": ("plugins/action.html#action-plugins", "Action plugins"),
     "common_return_values": ("reference_appendices/common_return_values.html#common-return-values", "Return Values"),
     "ansible_configuration_settings": ("reference_appendices/config.html#ansible-configuration-settings",
                                        "Ansible Configuration Settings"),

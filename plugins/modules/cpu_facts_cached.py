@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: cpu_facts_cached
 short_description: The facts of P(hostcpu.libvirt.cpu_facts#module) on an unchanged host, from its cache
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - The fast path of P(hostcpu.libvirt.cpu_facts#module), which runs it first when the task can reuse facts
     (O(hostcpu.libvirt.cpu_facts#module:expansion=true), O(hostcpu.libvirt.cpu_facts#module:verify_modes=false),
@@ -88,7 +88,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 hit:
-  description: Whether the facts were found (then they are in RV(ansible_facts)).
+  description: Whether the facts were found (then they are in C(ansible_facts.hostcpu)).
   returned: always
   type: bool
   sample: false
