@@ -47,6 +47,38 @@ def test_with_source_is_a_deep_copy(facts):
     assert {entry["expansion_source"] for entry in facts["virt_types"].values()} == {"probed"}
 
 
+class TaggedStr(str):
+    """What templating gives on ansible-core 2.19: str and dict subclasses carrying tags."""
+
+
+class TaggedDict(dict):
+    pass
+
+
+def _tagged(value):
+    if isinstance(value, dict):
+        return TaggedDict((key, _tagged(item)) for key, item in value.items())
+    if isinstance(value, list):
+        return [_tagged(item) for item in value]
+    return TaggedStr(value) if isinstance(value, str) else value
+
+
+def _types(value):
+    if isinstance(value, dict):
+        return {type(value)}.union(*(_types(item) for item in value.values()))
+    if isinstance(value, list):
+        return {type(value)}.union(*(_types(item) for item in value))
+    return {type(value)}
+
+
+def test_with_source_gives_plain_json_types_for_templated_facts(facts):
+    tagged = _tagged(facts)
+    assert TaggedStr in _types(tagged) and TaggedDict in _types(tagged)
+    copied = with_source(tagged, "previous")
+    assert _types(copied) <= {dict, list, str, int, float, bool, type(None)}
+    assert copied == with_source(facts, "previous")
+
+
 def test_previous_summary_has_the_key_only_of_intact_facts(facts):
     assert previous_summary(facts) == {"key": KEY, "content": facts["reuse"]["content"], "inputs": {"kvm": "k" * 64, "qemu": "q" * 64}}
     assert previous_summary({"hostcpu": facts}) == previous_summary(facts)
