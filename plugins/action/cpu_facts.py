@@ -14,7 +14,7 @@ from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
 
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_facts_action import code_fingerprint, hit_result, reuse_plan
+from ansible_collections.hostcpu.libvirt.plugins.plugin_utils._cpu_facts_action import code_fingerprint, hit_result, reuse_plan
 
 PLUGINS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL_MODULE = "hostcpu.libvirt.cpu_facts"

@@ -20,11 +20,7 @@ except ImportError as _exc:
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import (
-    OPEN_TIMEOUT_SECONDS,
-    open_within,
-    resolve_uri,
-)
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._libvirt_host import OPEN_TIMEOUT_SECONDS, open_within, resolve_uri
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import HAS_LXML, LXML_IMPORT_ERROR
 
 # The oldest Python the modules run on (managed hosts); older ones get a message, not a traceback.
@@ -99,7 +95,7 @@ def call(what: str, function: Callable[..., Any], *args: Any) -> Any:
 
 
 def _open_within(opener: Callable[[str], Any], target: str, seconds: float) -> Any:
-    """_facts_key.open_within, a libvirt that does not answer in time as LibvirtCallError."""
+    """_libvirt_host.open_within, a libvirt that does not answer in time as LibvirtCallError."""
     try:
         return open_within(opener, target, seconds)
     except TimeoutError:

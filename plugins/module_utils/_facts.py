@@ -35,7 +35,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import 
     ordered,
 )
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import VIRT_TYPES
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._libvirt_host import VIRT_TYPES
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._versions import parse_version
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._xml import parse_xml
 

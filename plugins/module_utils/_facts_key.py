@@ -11,8 +11,7 @@ in the cache file, or given back as ``previous``, are returned instead of buildi
 
 This module is imported by the small ``cpu_facts_cached`` module (whose whole point is to load
 little: stdlib only here, nothing of lxml or the facts code), by ``cpu_facts`` and ``_facts_cache``,
-and on the controller by ``_cpu_facts_action`` (the action plugin's logic, kept out of here so that
-cpu_facts_cached ships and compiles less).
+and on the controller by the action plugin (``plugin_utils/_cpu_facts_action``).
 
 * identities of files (``file_identity``, ``cpu_map_identity``, ``kernel_identity``);
 * ``read_key_inputs`` (libvirt calls, stat) -> ``facts_key`` (pure);
@@ -27,16 +26,11 @@ import hashlib
 import json
 import os
 import re
-import threading
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-DEFAULT_URI = "qemu:///system"
-# How long opening a connection may take; libvirt's own keepalive gives up on a silent peer
-# after about 30 seconds (5 s interval, 5 probes) once a connection is open.
-OPEN_TIMEOUT_SECONDS = 30
-# Domain types of libvirt's QEMU driver; kvm needs /dev/kvm, qemu is TCG (always there).
-VIRT_TYPES = ("kvm", "qemu")
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._libvirt_host import VIRT_TYPES
+
 # Bump when what the key covers changes.
 KEY_FORMAT = 1
 CACHE_FORMAT = 1
@@ -49,41 +43,6 @@ OFFLINE_OPTIONS = ("capabilities_xml", "domain_capabilities_xml")
 # libvirt prints the host's <arch> first inside <host><cpu>; guests' <arch> carry a name attribute.
 HOST_ARCH = re.compile(r"<host>.*?<cpu>\s*<arch>\s*([^<\s]+)\s*</arch>", re.S)
 EMULATOR_PATH = re.compile(r"<path>\s*([^<]+?)\s*</path>")
-
-
-# ---------------------------------------------------------------------------------------------
-# opening the connection (_connection's open_connection builds on these)
-
-
-def resolve_uri(uri: Optional[str]) -> str:
-    """The uri option, else LIBVIRT_DEFAULT_URI, else qemu:///system."""
-    return uri or os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
-
-
-def open_within(opener: Callable[[str], Any], target: str, seconds: float) -> Any:
-    """opener(target), or TimeoutError when it has not answered after *seconds*.
-
-    libvirt's remote driver waits for the daemon's first answer without a time limit (its
-    keepalive only starts once the connection is open), so a daemon that accepts the connection
-    and never answers (frozen, or not libvirt at all) would hang the task forever. The open runs
-    in a daemon thread; one that never returns is left behind when the module exits.
-    """
-    outcome: Dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["conn"] = opener(target)
-        except Exception as exc:  # pylint: disable=broad-exception-caught  # re-raised in the caller's thread
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run, name="libvirt-open", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
-        raise TimeoutError("libvirt at '%s' did not answer within %d seconds" % (target, seconds))
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("conn")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +216,14 @@ def previous_expansions(previous: Any) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # the cache file: {"format": 1, "entries": {uri: {virt type: expansion data}},
 #                  "facts": {uri: {"key", "content", "facts": the facts without expansion data}}}
+
+
+def invocation(params: Mapping[str, Any]) -> Dict[str, Any]:
+    """The module_args Ansible echoes in the result, with the previous facts (~70 kB) summarised."""
+    previous = params.get("previous")
+    if previous is None:
+        return {"module_args": dict(params)}
+    return {"module_args": dict(params, previous="(facts of %d keys, not repeated here)" % len(previous))}
 
 
 def cache_key(uri: Optional[str]) -> str:

@@ -391,7 +391,6 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import
     connection_lost_message,
     require_libraries,
 )
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_facts_action import invocation
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._errors import CPUError
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts import VIRT_TYPES, build_facts, check_virt_types, facts_from_parsed
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache import ExpansionReuse
@@ -400,6 +399,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import 
     OFFLINE_OPTIONS,
     consistent,
     facts_key,
+    invocation,
     key_options,
     read_key_inputs,
     reuse_fact,

@@ -135,11 +135,10 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import 
     decide,
     facts_key,
     key_options,
-    open_within,
     read_cache_file,
     read_key_inputs,
-    resolve_uri,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._libvirt_host import open_within, resolve_uri
 
 # Shorter than cpu_facts' 30 s: a miss costs only the full module's run.
 OPEN_TIMEOUT_SECONDS = 10

@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_facts_action import code_fingerprint
+from ansible_collections.hostcpu.libvirt.plugins.plugin_utils._cpu_facts_action import code_fingerprint
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import content_fingerprint
 from conftest import module_task, run_playbook
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 import pytest
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils import _cpu_map, _facts, _facts_key
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_facts_action import previous_summary, with_source
+from ansible_collections.hostcpu.libvirt.plugins.plugin_utils._cpu_facts_action import previous_summary, with_source
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache import ExpansionReuse, write_cache
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import (
     Decision,

@@ -12,8 +12,8 @@ from typing import Any, Dict
 
 import pytest
 
-from ansible_collections.hostcpu.libvirt.plugins.module_utils import _cpu_facts_action
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_facts_action import (
+from ansible_collections.hostcpu.libvirt.plugins.plugin_utils import _cpu_facts_action
+from ansible_collections.hostcpu.libvirt.plugins.plugin_utils._cpu_facts_action import (
     code_files,
     code_fingerprint,
     hit_result,

@@ -6,7 +6,7 @@
 * ``reuse_plan``: whether a task may reuse whole facts, and cpu_facts_cached's arguments;
 * ``hit_result``: cpu_facts' result from cpu_facts_cached's hit (the cached facts, or the previous ones).
 
-The key and the decision are ``_facts_key``'s; cpu_facts uses ``invocation`` from here too.
+The key, the decision and ``invocation`` (which cpu_facts uses too) are ``_facts_key``'s.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import 
     DEFAULT_CACHE_PATH,
     OFFLINE_OPTIONS,
     intact,
+    invocation,
     previous_expansions,
     previous_hostcpu,
 )
@@ -103,14 +104,6 @@ def reuse_plan(args: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     if previous is not None:
         plan["_previous"] = previous
     return plan
-
-
-def invocation(params: Mapping[str, Any]) -> Dict[str, Any]:
-    """The module_args Ansible echoes in the result, with the previous facts (~70 kB) summarised."""
-    previous = params.get("previous")
-    if previous is None:
-        return {"module_args": dict(params)}
-    return {"module_args": dict(params, previous="(facts of %d keys, not repeated here)" % len(previous))}
 
 
 def hit_result(cached: Mapping[str, Any], args: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
