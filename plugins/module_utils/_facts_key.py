@@ -157,15 +157,6 @@ def facts_key(inputs: Mapping[str, Any], options: Mapping[str, Any], code: Optio
     return sha256_text(canonical({"format": KEY_FORMAT, "code": code, "options": options, "inputs": inputs}))
 
 
-def consistent(inputs: Mapping[str, Any], versions: Mapping[str, Any], capabilities_xml: str, arch: Optional[str],
-               domcaps: Mapping[str, str]) -> bool:
-    """Whether what the probe read (*versions*, ...) is what *inputs* read before it (nothing changed in between)."""
-    return (inputs["libvirt_version"] == versions.get("libvirt_version")
-            and inputs["hypervisor_version"] == versions.get("hypervisor_version")
-            and inputs["capabilities"] == capabilities_xml and inputs["arch"] == arch
-            and all(inputs["domcaps"].get(virt_type, {}).get("xml") == xml for virt_type, xml in domcaps.items()))
-
-
 # ---------------------------------------------------------------------------------------------
 # the facts' content
 

@@ -3,7 +3,8 @@
 """The libvirt calls of cpu_facts: raw XML and version numbers, nothing interpreted here.
 
 Round trips of one probe: getLibVersion, getVersion, getCapabilities, then per virt type one
-getDomainCapabilities and two baselineHypervisorCPU (expanded, expanded + migratable).
+getDomainCapabilities and two baselineHypervisorCPU (expanded, expanded + migratable); a run whose
+facts get a reuse key reads the first ones once, with the key's inputs (``_facts_key``).
 verify_modes adds per verified mode createXML + XMLDesc + destroy (and the same again for the
 retry with a known fix). The expansion data adds getURI, then for each virt type whose data is not
 reused (``_facts_cache``) its probe guests (``_probe_qemu``).
@@ -12,7 +13,7 @@ reused (``_facts_cache``) its probe guests (``_probe_qemu``).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import (
     LibvirtCallError,
@@ -55,10 +56,21 @@ def read_capabilities(conn) -> str:
     return call("reading the host capabilities (getCapabilities)", conn.getCapabilities)
 
 
+def domain_capabilities_call(virt_type: str) -> str:
+    return "reading the domain capabilities of virt type '%s' (getDomainCapabilities)" % virt_type
+
+
 def read_domain_capabilities(conn, arch: str, virt_type: str) -> str:
     """domcapabilities for the default emulator and machine of *arch* and *virt_type*."""
-    return call("reading the domain capabilities of virt type '%s' (getDomainCapabilities)" % virt_type,
-                conn.getDomainCapabilities, None, arch, None, virt_type, 0)
+    return call(domain_capabilities_call(virt_type), conn.getDomainCapabilities, None, arch, None, virt_type, 0)
+
+
+def recorded_domain_capabilities(read: Mapping[str, Any], virt_type: str) -> str:
+    """read_domain_capabilities' answer as ``_facts_key.read_key_inputs`` recorded it (the same call)."""
+    found = read["domcaps"][virt_type]
+    if "error" in found:
+        raise LibvirtCallError("%s failed: %s" % (domain_capabilities_call(virt_type), " ".join(found["error"].split())))
+    return found["xml"]
 
 
 def _baseline(conn, entry: Entry, cpu_xml: str, flags: int, what: str) -> str:
@@ -210,10 +222,12 @@ def not_offered_reason(virt_type: str, arch: str) -> str:
 
 
 def expansion_inputs(conn, versions: Dict[str, int], host: Dict[str, Any], domcaps: Dict[str, str],
-                     entries: Dict[str, Entry]) -> Dict[str, Dict[str, Any]]:
+                     entries: Dict[str, Entry], uri: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
     """Per virt type ``{"inputs": fingerprint, "inputs_detail": compact inputs}`` of its expansion data
-    (``_facts_cache``): what was read already, plus a stat of the QEMU binary, the kernel and the CPU map."""
-    uri = call("reading the connection's URI (getURI)", conn.getURI)
+    (``_facts_cache``): what was read already (*uri*: the connection's, when known), plus a stat of the
+    QEMU binary, the kernel and the CPU map."""
+    if uri is None:
+        uri = call("reading the connection's URI (getURI)", conn.getURI)
     emulators = {virt_type: entry["emulator"] for virt_type, entry in entries.items()}
     found = collect_inputs(uri, versions, host, {virt_type: domcaps[virt_type] for virt_type in entries}, emulators)
     return {virt_type: {"inputs": inputs_fingerprint(inputs), "inputs_detail": compact_inputs(inputs)}
@@ -222,10 +236,10 @@ def expansion_inputs(conn, versions: Dict[str, int], host: Dict[str, Any], domca
 
 def reuse_or_gather(conn, entries: Dict[str, Entry], capabilities_xml: str, domcaps: Dict[str, str], versions: Dict[str, int],
                     host: Dict[str, Any], reuse: Optional[Callable[[str, str], Optional[Dict[str, Any]]]] = None,
-                    rules: Optional[LibvirtRules] = None) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, str]]:
+                    rules: Optional[LibvirtRules] = None, uri: Optional[str] = None) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, str]]:
     """The expansion data of every entry: what *reuse* (virt type, inputs fingerprint) returns, the rest
     measured by ``gather_expansion_data``; each with ``inputs`` and ``inputs_detail``."""
-    inputs = expansion_inputs(conn, versions, host, domcaps, entries)
+    inputs = expansion_inputs(conn, versions, host, domcaps, entries, uri)
     reused = {}
     for virt_type in entries:
         found = reuse(virt_type, inputs[virt_type]["inputs"]) if reuse is not None else None
@@ -240,7 +254,7 @@ def reuse_or_gather(conn, entries: Dict[str, Entry], capabilities_xml: str, domc
 
 
 def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False, expansion: bool = False,
-          reuse: Optional[Callable[[str, str], Optional[Dict[str, Any]]]] = None) -> Dict[str, Any]:
+          reuse: Optional[Callable[[str, str], Optional[Dict[str, Any]]]] = None, read: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Everything build_facts needs, read from *conn*.
 
     Returns ``capabilities_xml``, ``domcaps`` (virt type -> XML), both also parsed (``capabilities``,
@@ -250,9 +264,12 @@ def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False
     With *expansion*, also ``expansion_data`` (virt type -> live_cpu's data, with the fingerprint of
     its inputs) and ``expansion_errors``; *reuse* (``_facts_cache.ExpansionReuse.lookup``) is asked
     per virt type, with the fingerprint of the data's inputs, for data it need not measure.
+    *read*: what ``_facts_key.read_key_inputs`` read from *conn* for the same *virt_types*; its
+    versions, capabilities, domain capabilities and URI are used instead of asking libvirt again, so
+    that the facts are built from exactly what their reuse key covers.
     """
-    versions = read_versions(conn)
-    capabilities_xml = read_capabilities(conn)
+    versions = read_versions(conn) if read is None else {key: read[key] for key in ("libvirt_version", "hypervisor_version")}
+    capabilities_xml = read_capabilities(conn) if read is None else read["capabilities"]
     capabilities = parse_capabilities(capabilities_xml)
     arch = capabilities["host"]["arch"]
     offered = candidate_virt_types(capabilities)
@@ -265,7 +282,7 @@ def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False
             result["unavailable"][virt_type] = not_offered_reason(virt_type, arch)
             continue
         try:
-            domcaps_xml = read_domain_capabilities(conn, arch, virt_type)
+            domcaps_xml = read_domain_capabilities(conn, arch, virt_type) if read is None else recorded_domain_capabilities(read, virt_type)
         except LibvirtCallError as exc:
             result["unavailable"][virt_type] = str(exc)
             continue
@@ -276,6 +293,6 @@ def probe(conn, virt_types: Optional[Sequence[str]] = None, verify: bool = False
         result["verified"] = verify_entries(conn, entries)
     result["expansion_data"], result["expansion_errors"] = (
         reuse_or_gather(conn, entries, capabilities_xml, result["domcaps"], versions, capabilities["host"], reuse,
-                        rules_for(versions["libvirt_version"]))
+                        rules_for(versions["libvirt_version"]), None if read is None else read["uri"])
         if expansion else (None, {}))
     return result

@@ -397,7 +397,6 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache impor
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import (
     DEFAULT_CACHE_PATH,
     OFFLINE_OPTIONS,
-    consistent,
     facts_key,
     invocation,
     key_options,
@@ -464,7 +463,7 @@ def facts_from_libvirt(params: dict, check_mode: bool) -> Tuple[dict, List[str]]
     reusable = params["expansion"] and not params["verify_modes"] and bool(params["_code"])
     with connection(params["uri"]) as conn:
         key_inputs = read_key_inputs(conn, params["virt_types"], LibvirtError) if reusable else None
-        found = probe(conn, params["virt_types"], params["verify_modes"], params["expansion"], reuse.lookup)
+        found = probe(conn, params["virt_types"], params["verify_modes"], params["expansion"], reuse.lookup, key_inputs)
     if params["expansion"] and not check_mode:
         reuse.content()  # read by the store below anyway: its warnings decide whether the facts are reusable
     warnings = list(reuse.warnings)
@@ -483,7 +482,7 @@ def facts_from_libvirt(params: dict, check_mode: bool) -> Tuple[dict, List[str]]
     if params["virt_types"] or not facts["virt_types"]:
         for virt_type, reason in found["unavailable"].items():
             warnings.append("virt type %s is not available: %s" % (virt_type, reason))
-    facts["reuse"] = reuse_fact(reuse_key(params, key_inputs, found) if not warnings else None, facts)
+    facts["reuse"] = reuse_fact(reuse_key(params, key_inputs) if not warnings else None, facts)
     if params["expansion"] and not check_mode:
         write_warnings = store(reuse, found, facts)
         if write_warnings:
@@ -492,10 +491,9 @@ def facts_from_libvirt(params: dict, check_mode: bool) -> Tuple[dict, List[str]]
     return facts, warnings
 
 
-def reuse_key(params: dict, key_inputs: Optional[dict], found: dict) -> Optional[str]:
-    """The whole-facts key, when it was read (a reusable run) and the probe read the same libvirt answers."""
-    if key_inputs is None or not consistent(key_inputs, found["versions"], found["capabilities_xml"],
-                                            found["capabilities"]["host"]["arch"], found["domcaps"]):
+def reuse_key(params: dict, key_inputs: Optional[dict]) -> Optional[str]:
+    """The whole-facts key of a reusable run (the probe built the facts from *key_inputs*)."""
+    if key_inputs is None:
         return None
     return facts_key(key_inputs, key_options(params["virt_types"], params["expansion"]), params["_code"])
 

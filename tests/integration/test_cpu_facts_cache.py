@@ -21,8 +21,11 @@ from typing import Any, Dict, List
 
 import pytest
 
+libvirt = pytest.importorskip("libvirt")
+
 from ansible_collections.hostcpu.libvirt.plugins.plugin_utils._cpu_facts_action import code_fingerprint
-from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import content_fingerprint
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import content_fingerprint, read_key_inputs
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe import probe
 from conftest import module_task, run_playbook
 
 PREVIOUS = "{{ ansible_facts.hostcpu }}"
@@ -345,3 +348,36 @@ def test_another_code_fingerprint_runs_the_full_module(reuse_runs, tmp_path):
     assert results[0]["facts_source"] == "probed" and results[1]["facts_source"] == "cache"
     assert facts_of(results[0])["reuse"]["key"] != expected["reuse"]["key"]
     assert without_source(facts_of(results[0])) == without_source(expected)
+
+
+class CountingConnection:
+    """A libvirt connection that records the name of each call made through it."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.calls: List[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.conn, name)
+        if not callable(attribute):
+            return attribute
+
+        def counted(*args: Any) -> Any:
+            self.calls.append(name)
+            return attribute(*args)
+        return counted
+
+
+def test_a_probe_given_the_key_inputs_builds_from_them_and_asks_libvirt_none_of_them_again(conn, virt_types):
+    def reused(_virt_type: str, _inputs: str) -> Dict[str, Any]:
+        return {"reused": True}  # no probe guests: the test is about the reads before them
+    key_inputs = read_key_inputs(conn, virt_types, libvirt.libvirtError)
+    counting = CountingConnection(conn)
+    given = probe(counting, virt_types, False, True, reused, key_inputs)
+    assert not set(counting.calls) & {"getLibVersion", "getVersion", "getCapabilities", "getDomainCapabilities", "getURI"}
+    assert "baselineHypervisorCPU" in counting.calls
+    itself = probe(conn, virt_types, False, True, reused)
+    assert given["capabilities_xml"] == key_inputs["capabilities"] == itself["capabilities_xml"]
+    assert given["domcaps"] == {vt: key_inputs["domcaps"][vt]["xml"] for vt in virt_types} == itself["domcaps"]
+    assert given["versions"] == itself["versions"] and given["unavailable"] == itself["unavailable"]
+    assert given["expansion_data"] == itself["expansion_data"]

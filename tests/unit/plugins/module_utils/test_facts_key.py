@@ -17,12 +17,12 @@ from typing import Any, Dict, Optional
 import pytest
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils import _cpu_map, _facts, _facts_key
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._connection import LibvirtCallError
 from ansible_collections.hostcpu.libvirt.plugins.plugin_utils._cpu_facts_action import previous_summary, with_source
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_cache import ExpansionReuse, write_cache
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import (
     Decision,
     cached_facts,
-    consistent,
     content_fingerprint,
     decide,
     emulator_path,
@@ -35,6 +35,7 @@ from ansible_collections.hostcpu.libvirt.plugins.module_utils._facts_key import 
     reuse_fact,
     stored_facts,
 )
+from ansible_collections.hostcpu.libvirt.plugins.module_utils._probe import recorded_domain_capabilities
 
 FIXTURES = Path(__file__).resolve().parents[3] / "unit" / "fixtures" / "versions" / "9.0.0"
 CODE = "c0de" * 16
@@ -164,15 +165,13 @@ def test_the_key_changes_with_the_code_and_the_options(key_inputs):
     assert key_options([], True) == key_options(None, True)
 
 
-def test_the_probe_is_consistent_with_the_key_inputs_unless_something_changed_in_between(key_inputs):
-    versions = {"libvirt_version": 9000000, "hypervisor_version": 7002022}
-    domcaps = {vt: _read("domcapabilities-%s.xml" % vt) for vt in ("kvm", "qemu")}
-    capabilities = _read("capabilities.xml")
-    assert consistent(key_inputs, versions, capabilities, "x86_64", domcaps)
-    assert not consistent(key_inputs, dict(versions, hypervisor_version=1), capabilities, "x86_64", domcaps)
-    assert not consistent(key_inputs, versions, capabilities + " ", "x86_64", domcaps)
-    assert not consistent(key_inputs, versions, capabilities, "aarch64", domcaps)
-    assert not consistent(key_inputs, versions, capabilities, "x86_64", dict(domcaps, kvm=domcaps["kvm"] + " "))
+def test_the_probe_reads_the_recorded_domain_capabilities_as_it_would_read_them_itself():
+    found = read_key_inputs(FakeConnection(missing=("kvm",)), None, FakeError)
+    assert recorded_domain_capabilities(found, "qemu") == _read("domcapabilities-qemu.xml")
+    with pytest.raises(LibvirtCallError) as refused:
+        recorded_domain_capabilities(found, "kvm")
+    assert str(refused.value) == ("reading the domain capabilities of virt type 'kvm' (getDomainCapabilities) failed: "
+                                  "unsupported configuration: virttype kvm not supported")
 
 
 # --- the content fingerprint ------------------------------------------------------------------
