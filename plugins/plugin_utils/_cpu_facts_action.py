@@ -4,7 +4,7 @@
 
 * ``code_fingerprint``: the sha256 of the collection's code that builds the facts (``_code``);
 * ``reuse_plan``: whether a task may reuse whole facts, and cpu_facts_cached's arguments;
-* ``hit_result``: cpu_facts' result from cpu_facts_cached's hit (the cached facts, or the previous ones).
+* ``hit_result``: cpu_facts' result from cpu_facts_cached's hit (the cached facts, sent as JSON text, or the previous ones).
 
 The key, the decision and ``invocation`` (which cpu_facts uses too) are ``_facts_key``'s.
 """
@@ -106,11 +106,22 @@ def reuse_plan(args: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     return plan
 
 
+def parsed_facts(text: Any) -> Optional[Dict[str, Any]]:
+    """The facts cpu_facts_cached returned as JSON text; None when they are not a JSON object."""
+    try:
+        facts = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return facts if isinstance(facts, dict) else None
+
+
 def hit_result(cached: Mapping[str, Any], args: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """cpu_facts' result from cpu_facts_cached's result *cached* on a hit; None on a miss or a failure."""
     source = cached.get("source") if cached.get("hit") is True and not cached.get("failed") else None
     if source == "cache":
-        facts = cached.get("ansible_facts", {}).get("hostcpu")
+        facts = parsed_facts(cached.get("facts_json"))
+        if facts is None:
+            return None
     elif source == "previous":
         facts = with_source(previous_hostcpu(args.get("previous")), "previous")
     else:

@@ -229,6 +229,7 @@ def reuse_runs(tmp_path_factory) -> Dict[str, Any]:
         module_task("cpu_facts", {"cache": False, "previous": edited}),
         module_task("cpu_facts_cached", {"cache_path": str(cache), "_code": "0" * 64}),
         module_task("cpu_facts_cached", {"cache_path": str(cache)}),
+        module_task("cpu_facts_cached", {"cache_path": str(cache), "_code": code()}),
     ]
     results = run_playbook(tasks, tmp)
     full_cache = run_full_module({"cache_path": str(cache)}, tmp)
@@ -284,9 +285,15 @@ def test_edited_previous_facts_run_the_full_module(reuse_runs, virt_types):
 def test_cpu_facts_cached_alone_or_with_another_code_misses(reuse_runs):
     other_code, alone = reuse_runs["results"][4], reuse_runs["results"][5]
     for result in (other_code, alone):
-        assert result["hit"] is False and result["source"] is None and result["reason"] and "ansible_facts" not in result
+        assert result["hit"] is False and result["source"] is None and result["reason"] and "facts_json" not in result
     assert other_code["key"] != facts_of(reuse_runs["results"][0])["reuse"]["key"] and len(other_code["key"]) == 64
     assert alone["key"] is None and "code fingerprint" in alone["reason"]
+
+
+def test_cpu_facts_cached_sends_the_facts_of_a_hit_as_json_text_and_sets_no_facts(reuse_runs):
+    second, alone = reuse_runs["results"][1], reuse_runs["results"][6]
+    assert alone["hit"] is True and alone["source"] == "cache" and "ansible_facts" not in alone
+    assert json.loads(alone["facts_json"]) == facts_of(second)
 
 
 def test_other_options_miss_then_hit(reuse_runs):

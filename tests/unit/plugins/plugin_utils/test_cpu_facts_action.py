@@ -117,7 +117,7 @@ def test_the_plan_passes_what_the_small_module_needs(facts):
 
 def test_hit_results_are_the_full_modules_result(facts):
     cached = with_source(facts, "cache")
-    found = hit_result({"hit": True, "source": "cache", "ansible_facts": {"hostcpu": cached}}, {"cache_path": "/c.json"})
+    found = hit_result({"hit": True, "source": "cache", "facts_json": json.dumps(cached)}, {"cache_path": "/c.json"})
     assert found == {"changed": False, "ansible_facts": {"hostcpu": cached}, "facts_source": "cache",
                      "invocation": {"module_args": {"cache_path": "/c.json"}}}
     found = hit_result({"hit": True, "source": "previous"}, {"previous": {"hostcpu": facts}})
@@ -130,6 +130,10 @@ def test_hit_results_are_the_full_modules_result(facts):
     {"hit": False, "source": None, "reason": "x"},
     {"failed": True, "msg": "boom"},
     {"hit": True, "source": "cache", "failed": True},
+    {"hit": True, "source": "cache"},
+    {"hit": True, "source": "cache", "facts_json": "{not json"},
+    {"hit": True, "source": "cache", "facts_json": "[1]"},
+    {"hit": True, "source": "cache", "facts_json": {"model": "facts, not text"}},
     {},
 ])
 def test_misses_and_failures_give_no_hit(cached):
