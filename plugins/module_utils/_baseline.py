@@ -53,6 +53,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from itertools import chain, islice
+from operator import attrgetter
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from ansible_collections.hostcpu.libvirt.plugins.module_utils._cpu_model import (
@@ -372,12 +374,8 @@ _USABLE_AND_VENDORS = "baseline: usable models and vendors"
 
 def _alike_usable_and_vendors(models: Any) -> Tuple[FrozenSet[str], Dict[str, Optional[str]]]:
     """``_usable_and_vendors(models)``, worked out once for the hosts of alike models (one CPU generation
-    and QEMU), on the decoding their Contexts share. Models that decoding refuses (damaged facts) are read
-    here alone: the host's Context names what is wrong with them, as for every other damaged part."""
-    try:
-        derived = custom_models_decoding(models).derived
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-        return _usable_and_vendors(models)
+    and QEMU), on the decoding their Contexts share (the shape check let only decodable models through)."""
+    derived = custom_models_decoding(models).derived
     if _USABLE_AND_VENDORS not in derived:
         derived[_USABLE_AND_VENDORS] = _usable_and_vendors(models)
     return derived[_USABLE_AND_VENDORS]
@@ -465,15 +463,12 @@ class Baseline(NamedTuple):
 
 
 NAMES_SHOWN = 8
+_NAMES_OF = attrgetter("names")
 
 
-def _names(hosts: Iterable[DistinctHost]) -> str:
-    shown: List[str] = []
-    total = 0
-    for host in hosts:
-        total += len(host.names)
-        if len(shown) < NAMES_SHOWN:
-            shown.extend(host.names[:NAMES_SHOWN - len(shown)])
+def _names(hosts: Sequence[DistinctHost]) -> str:
+    shown = list(islice(chain.from_iterable(host.names for host in hosts), NAMES_SHOWN))
+    total = sum(map(len, map(_NAMES_OF, hosts)))
     return ", ".join(shown) + (" and %d more" % (total - NAMES_SHOWN) if total > NAMES_SHOWN else "")
 
 
@@ -752,8 +747,8 @@ def _missing_reasons(hosts: Sequence[DistinctHost], common: FrozenSet[str]) -> D
     reasons = {name: "not on %s" % _names(without) for name, without in lacking.items()}
     for host in hosts:
         for name in host.view.fix:
-            reasons.setdefault(name, "%s does not start a host-model guest with it (the prediction's fix is to disable it)"
-                               % _names([host]))
+            if name not in reasons:
+                reasons[name] = "%s does not start a host-model guest with it (the prediction's fix is to disable it)" % _names([host])
     return reasons
 
 

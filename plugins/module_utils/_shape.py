@@ -55,6 +55,7 @@ _STR_TYPE = frozenset((str,))
 # a string or null (policies, vendors); usable= true, false or null (bool has no subclasses)
 _POLICY_TYPES = frozenset((str, type(None)))
 _USABLE_TYPES = frozenset((bool, type(None)))
+_BLOCKERS_TYPES = frozenset((list, type(None)))
 
 
 def _optional(value: Any, kinds: Tuple[type, ...]) -> bool:
@@ -124,8 +125,7 @@ def _models_problems(models: Any, where: str) -> List[str]:
         return []
     if not _is_list(models):
         return ["%s must be a list, got %s" % (where, _type_name(models))]
-    if (_dicts_with_names(models) and {type(model.get("usable")) for model in models} <= _USABLE_TYPES
-            and {type(model.get("vendor")) for model in models} <= _POLICY_TYPES):
+    if _dicts_with_names(models) and _plain_models_ok(models):
         return []
     for index, model in enumerate(models):
         if not _is_mapping(model) or not isinstance(model.get("name"), str):
@@ -133,7 +133,28 @@ def _models_problems(models: Any, where: str) -> List[str]:
         usable, vendor = model.get("usable"), model.get("vendor")
         if not (usable is None or usable is True or usable is False) or not (vendor is None or isinstance(vendor, str)):
             return ["%s[%d] (%s) must have usable true/false/null and a vendor string" % (where, index, model["name"])]
+        blockers = model.get("blockers")
+        if not _blockers_ok(blockers):
+            got = "a list of other items" if _is_list(blockers) else _type_name(blockers)
+            return ["%s[%d] (%s) must have blockers as a list of feature names or null, got %s" % (where, index, model["name"], got)]
     return []
+
+
+def _plain_models_ok(models: List[Dict[str, Any]]) -> bool:
+    """Whether the usable, vendor and blockers of dicts with names are fine (a quick test: False does
+    not mean damaged); the blockers' names are read only when a model has some (libvirt 10.9+)."""
+    if not ({type(model.get("usable")) for model in models} <= _USABLE_TYPES
+            and {type(model.get("vendor")) for model in models} <= _POLICY_TYPES):
+        return False
+    blockers = {type(model.get("blockers")) for model in models}
+    if list not in blockers:
+        return blockers <= _BLOCKERS_TYPES
+    return blockers <= _BLOCKERS_TYPES and _all_str(chain.from_iterable(model["blockers"] for model in models if model.get("blockers")))
+
+
+def _blockers_ok(blockers: Any) -> bool:
+    """libvirt's <blockers> of a model: null (libvirt prints none) or a list of feature names."""
+    return blockers is None or (_is_list(blockers) and all(isinstance(name, str) for name in blockers))
 
 
 def _modes_problems(modes: Any) -> List[str]:

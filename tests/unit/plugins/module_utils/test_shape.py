@@ -63,6 +63,18 @@ def _model_not_mapping(entry):
     entry["modes"]["custom"]["models"][4] = ["qemu64"]
 
 
+def _model_blockers_int(entry):
+    entry["modes"]["custom"]["models"][1]["blockers"] = 1
+
+
+def _model_blockers_names_int(entry):
+    entry["modes"]["custom"]["models"][3]["blockers"] = ["avx", 2]
+
+
+def _model_blockers_text(entry):
+    entry["modes"]["custom"]["models"][5]["blockers"] = "avx"
+
+
 def _pair_of_three(entry):
     entry["expansion"]["host_model"]["features"][0] = ["avx", "require", "extra"]
 
@@ -78,6 +90,9 @@ def _pair_with_int(entry):
     (_model_usable_int, "modes.custom.models[2] "),
     (_model_vendor_int, "modes.custom.models[0] "),
     (_model_not_mapping, "modes.custom.models[4] must be a mapping with a name"),
+    (_model_blockers_int, "modes.custom.models[1] "),
+    (_model_blockers_names_int, "modes.custom.models[3] "),
+    (_model_blockers_text, "modes.custom.models[5] "),
     (_pair_of_three, "expansion.host_model.features must be a list of [name, policy] pairs"),
     (_pair_with_int, "expansion.host_model.features must be a list of [name, policy] pairs"),
 ])
@@ -98,3 +113,20 @@ def test_str_subclasses_are_strings():
     for model in entry["modes"]["custom"]["models"]:
         model["vendor"] = Text(model["vendor"]) if model["vendor"] is not None else None
     assert entry_problems(entry) == []
+
+
+@pytest.mark.parametrize("damage", [_model_blockers_int, _model_blockers_names_int, _model_blockers_text])
+def test_damaged_blockers_are_named_with_the_fix(damage: Callable[[dict], None]):
+    entry = copy.deepcopy(entries()[0])
+    damage(entry)
+    with pytest.raises(FactsShapeError, match=r"blockers as a list of feature names or null, got (int|a list of other items|str); "
+                                              r"gather them again with hostcpu.libvirt.cpu_facts"):
+        check_entry(entry)
+
+
+def test_blockers_libvirt_prints_are_fine():
+    entry = copy.deepcopy(entries()[0])
+    models = entry["modes"]["custom"]["models"]
+    models[0]["blockers"], models[1]["blockers"], models[2]["blockers"] = ["svm", Text("avx")], [], None
+    assert entry_problems(entry) == []
+    assert entry_problems(frozen(entry)) == []
