@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The action of hostcpu.libvirt.cpu_facts: on an unchanged host, the facts of the small
 cpu_facts_cached module instead of a full run (``_cpu_facts_action`` and ``_facts_key`` decide;
-this only runs the modules)."""
+this only runs the modules, in a worker whose garbage collections leave the controller's objects
+alone: ``_worker.freeze_inherited_objects``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
 
 from ansible_collections.hostcpu.libvirt.plugins.plugin_utils._cpu_facts_action import code_fingerprint, hit_result, reuse_plan
+from ansible_collections.hostcpu.libvirt.plugins.plugin_utils._worker import freeze_inherited_objects
 
 PLUGINS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL_MODULE = "hostcpu.libvirt.cpu_facts"
@@ -32,6 +34,7 @@ class ActionModule(ActionBase):
     _supports_async = True
 
     def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        freeze_inherited_objects()
         result = super().run(tmp, task_vars)
         del tmp  # no longer has any effect
         args = dict(self._task.args)
